@@ -1,0 +1,1 @@
+"""Implementation modules of gen_optax; import from `gen_optax` instead."""

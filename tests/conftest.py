@@ -1,0 +1,78 @@
+"""Shared problems and helpers for the gen_optax tests."""
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+MODES = ("forward-over-reverse", "forward-over-forward")
+
+
+@pytest.fixture
+def x64() -> Iterator[None]:
+  """Runs a test with float64 enabled (closed forms to 1e-10)."""
+  with jax.enable_x64(True):
+    yield
+
+
+def spd_matrix(n: int, seed: int = 0, condition: float = 10.0) -> np.ndarray:
+  """A random symmetric positive-definite matrix with the given condition number."""
+  rng = np.random.default_rng(seed)
+  q, _ = np.linalg.qr(rng.normal(size=(n, n)))
+  eigenvalues = np.geomspace(1.0, condition, n)
+  return (q * eigenvalues) @ q.T
+
+
+def quadratic(a: np.ndarray, b: np.ndarray) -> Callable[[jax.Array], jax.Array]:
+  """L(θ) = ½ θᵀAθ − bᵀθ."""
+  a, b = jnp.asarray(a), jnp.asarray(b)
+  return lambda theta: 0.5 * theta @ a @ theta - b @ theta
+
+
+def wide_open(**overrides: Any) -> dict[str, Any]:
+  """gen() settings under which α = α* exactly (no smoothing, trust or clamp)."""
+  settings: dict[str, Any] = dict(
+    smoothing=0.0, trust_ratio=None, lr_min=1e-12, lr_max=1e12
+  )
+  settings.update(overrides)
+  return settings
+
+
+def make_step(
+  tx: optax.GradientTransformationExtraArgs, loss: Callable[[Any], jax.Array]
+) -> Callable[[Any, Any], tuple[Any, Any, Any]]:
+  """A jitted full-batch training step returning (params, state, updates)."""
+
+  @jax.jit
+  def step(params, state):
+    grads = jax.grad(loss)(params)
+    updates, state = tx.update(grads, state, params, value_fn=loss)
+    return optax.apply_updates(params, updates), state, updates
+
+  return step
+
+
+def tanh_mlp(seed: int = 0, dtype: Any = jnp.float64) -> tuple[Any, Callable]:
+  """A small smooth model on fixed data: (params, loss)."""
+  key = jax.random.key(seed)
+  k1, k2, k3, k4 = jax.random.split(key, 4)
+  params = {
+    "hidden": {
+      "w": jax.random.normal(k1, (3, 5), dtype) / 2,
+      "b": jnp.zeros((5,), dtype),
+    },
+    "out": [jax.random.normal(k2, (5, 2), dtype) / 2, jnp.zeros((2,), dtype)],
+  }
+  x = jax.random.normal(k3, (16, 3), dtype)
+  y = jax.random.normal(k4, (16, 2), dtype)
+
+  def loss(p):
+    h = jnp.tanh(x @ p["hidden"]["w"] + p["hidden"]["b"])
+    w, b = p["out"]
+    return jnp.mean((h @ w + b - y) ** 2)
+
+  return params, loss

@@ -1,0 +1,415 @@
+"""gen(): closed forms, invariants, safeguards and plumbing."""
+
+from typing import Any
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from conftest import MODES, make_step, quadratic, spd_matrix, tanh_mlp, wide_open
+from jax.flatten_util import ravel_pytree
+
+import gen_optax
+from gen_optax import Status
+
+SLOPES = ("value_fn", "gradient")
+
+
+def newton_direction(a: np.ndarray) -> optax.GradientTransformation:
+  """An inner optimizer whose update is the Newton step −A⁻¹g."""
+  inverse = jnp.asarray(np.linalg.inv(a))
+  return optax.stateless(lambda g, params: -inverse @ g)
+
+
+# --- closed forms -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("slope_from", SLOPES)
+@pytest.mark.parametrize("mode", MODES)
+def test_sgd_on_quadratic_takes_the_cauchy_step(x64, mode, slope_from):
+  a, b = spd_matrix(6, condition=50.0), np.arange(6.0)
+  loss = quadratic(a, b)
+  tx = gen_optax.gen(optax.sgd(1.0), mode=mode, slope_from=slope_from, **wide_open())
+  step = make_step(tx, loss)
+  params, state = jnp.zeros(6), tx.init(jnp.zeros(6))
+  for _ in range(4):
+    g = jax.grad(loss)(params)
+    params, state, _ = step(params, state)
+    np.testing.assert_allclose(state.learning_rate, g @ g / (g @ a @ g), rtol=1e-10)
+    # Exact line search: the new gradient is orthogonal to the old one.
+    g_next = jax.grad(loss)(params)
+    assert abs(g_next @ g) <= 1e-10 * np.linalg.norm(g_next) * np.linalg.norm(g)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_newton_direction_gets_learning_rate_one(x64, mode):
+  a, b = spd_matrix(5, seed=1, condition=1e3), np.ones(5)
+  loss = quadratic(a, b)
+  tx = gen_optax.gen(newton_direction(a), mode=mode, **wide_open())
+  params, state, _ = make_step(tx, loss)(jnp.full(5, 3.0), tx.init(jnp.zeros(5)))
+  np.testing.assert_allclose(state.learning_rate, 1.0, rtol=1e-10)
+  np.testing.assert_allclose(params, np.linalg.solve(a, b), rtol=1e-8)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_modes_choose_the_same_learning_rate(mode):
+  params, loss = tanh_mlp(dtype=jnp.float32)
+  lrs = []
+  for m in MODES:
+    tx = gen_optax.gen(optax.adam(1.0), mode=m, **wide_open())
+    step = make_step(tx, loss)
+    p, state = params, tx.init(params)
+    for _ in range(5):
+      p, state, _ = step(p, state)
+    lrs.append(state.learning_rate)
+  np.testing.assert_allclose(lrs[0], lrs[1], rtol=1e-4)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize(
+  "make_inner",
+  [optax.adam, optax.sgd, lambda lr: optax.adamw(lr, weight_decay=0.1)],
+  ids=["adam", "sgd", "adamw"],
+)
+def test_step_is_invariant_to_the_inner_learning_rate(x64, mode, make_inner):
+  params, loss = tanh_mlp()
+  trajectories = []
+  for scale in (1.0, 1e-3):
+    # α is in units of the inner update: its initial value and bounds scale too.
+    tx = gen_optax.gen(
+      make_inner(scale),
+      mode=mode,
+      init_learning_rate=1e-3 / scale,
+      lr_min=1e-6 / scale,
+      lr_max=10.0 / scale,
+    )
+    step = make_step(tx, loss)
+    p, state = params, tx.init(params)
+    for _ in range(6):
+      p, state, updates = step(p, state)
+    trajectories.append((p, updates))
+  chex.assert_trees_all_close(trajectories[0], trajectories[1], rtol=1e-9)
+
+
+# --- the learning-rate rule ---------------------------------------------------
+
+
+def test_first_estimate_then_smoothing_and_trust_ratio(x64):
+  """α₁ = α*₁ (clamped); then α ← γα + (1−γ)·clip(α*, α/ρ, ρα)."""
+  a, b = spd_matrix(4, condition=20.0), np.ones(4)
+  gamma, rho = 0.7, 1.5
+  tx = gen_optax.gen(optax.sgd(1.0), smoothing=gamma, trust_ratio=rho, lr_max=1e3)
+  theta = jnp.arange(4.0)
+  state = tx.init(theta)
+
+  expected = None
+  for curvature_scale in (1.0, 30.0, 1.0, 1.0 / 30):
+    loss = quadratic(curvature_scale * a, b)
+    g = jax.grad(loss)(theta)
+    cauchy = float(g @ g / (g @ (curvature_scale * a) @ g))
+    _, state = tx.update(g, state, theta, value_fn=loss)
+    np.testing.assert_allclose(state.info.raw_learning_rate, cauchy, rtol=1e-10)
+    if expected is None:
+      expected = cauchy
+    else:
+      expected = gamma * expected + (1 - gamma) * np.clip(
+        cauchy, expected / rho, expected * rho
+      )
+    np.testing.assert_allclose(state.learning_rate, expected, rtol=1e-10)
+  assert int(state.info.num_accepted) == 4
+
+
+@pytest.mark.parametrize("bound", ["lr_max", "lr_min"])
+def test_learning_rate_is_clamped_to_bounds(x64, bound):
+  a, b = spd_matrix(3), np.ones(3)
+  loss = quadratic(a, b)
+  g = jax.grad(loss)(jnp.zeros(3))
+  cauchy = float(g @ g / (g @ a @ g))
+  limit = cauchy / 10 if bound == "lr_max" else cauchy * 10
+  settings = wide_open(**{bound: limit, "init_learning_rate": limit})
+  tx = gen_optax.gen(optax.sgd(1.0), **settings)
+  updates, state = tx.update(g, tx.init(jnp.zeros(3)), jnp.zeros(3), value_fn=loss)
+  np.testing.assert_allclose(state.info.raw_learning_rate, cauchy, rtol=1e-10)
+  np.testing.assert_allclose(state.learning_rate, limit, rtol=1e-12)
+  np.testing.assert_allclose(updates, -limit * g, rtol=1e-12)
+
+
+def test_multiplier_schedule_scales_the_step_not_the_learning_rate(x64):
+  a, b = spd_matrix(3), np.ones(3)
+  loss = quadratic(a, b)
+  horizon = 10
+  schedule = optax.linear_schedule(1.0, 0.0, horizon)
+  tx = gen_optax.gen(optax.sgd(1.0), multiplier=schedule, **wide_open())
+  plain = gen_optax.gen(optax.sgd(1.0), **wide_open())
+  step, plain_step = make_step(tx, loss), make_step(plain, loss)
+  params, state, plain_state = (
+    jnp.zeros(3),
+    tx.init(jnp.zeros(3)),
+    plain.init(jnp.zeros(3)),
+  )
+  for t in range(3):
+    _, state, updates = step(params, state)
+    _, plain_state, plain_updates = plain_step(params, plain_state)
+    np.testing.assert_allclose(state.learning_rate, plain_state.learning_rate)
+    # optax schedules compute in float32.
+    np.testing.assert_allclose(updates, (1 - t / horizon) * plain_updates, rtol=1e-6)
+
+
+# --- safeguards -----------------------------------------------------------------
+
+
+def _one_update(loss, inner, params, grads=None, **settings):
+  tx = gen_optax.gen(inner, init_learning_rate=0.01, **settings)
+  grads = jax.grad(loss)(params) if grads is None else grads
+  updates, state = jax.jit(lambda g, s, p: tx.update(g, s, p, value_fn=loss))(
+    grads, tx.init(params), params
+  )
+  return updates, state, grads
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize(
+  ("case", "expected"),
+  [
+    ("concave", Status.NON_POSITIVE_CURVATURE),
+    ("ascent", Status.NOT_DESCENT),
+    ("zero_direction", Status.ZERO_DIRECTION),
+    ("nan_loss", Status.NON_FINITE),
+    ("overflow", Status.NON_FINITE),
+  ],
+)
+def test_fallbacks_keep_the_learning_rate_and_stay_finite(mode, case, expected):
+  params = jnp.array([1.0, -2.0, 0.5])
+  inner = optax.sgd(1.0)
+  grads = None
+  if case == "concave":
+    loss = lambda p: -jnp.sum(p**2)  # noqa: E731
+  elif case == "ascent":
+    loss = lambda p: jnp.sum(p**2)  # noqa: E731
+    inner = optax.scale(1.0)  # u = +g goes uphill
+  elif case == "zero_direction":
+    loss = lambda p: jnp.sum(p**2)  # noqa: E731
+    grads = jnp.zeros(3)
+  elif case == "nan_loss":
+    loss = lambda p: jnp.sum(p**2) + jnp.log(-1.0)  # noqa: E731
+    grads = 2 * params
+  else:  # slope and curvature overflow float32
+    loss = lambda p: 1e37 * jnp.sum(p**4)  # noqa: E731
+    grads = 2 * params
+  updates, state, grads = _one_update(loss, inner, params, grads, mode=mode)
+  assert Status(int(state.info.status)) == expected
+  assert not state.info.accepted
+  assert float(state.learning_rate) == np.float32(0.01)
+  direction = grads if case == "ascent" else -grads
+  np.testing.assert_allclose(updates, 0.01 * direction, rtol=1e-6)
+  assert bool(jnp.all(jnp.isfinite(updates)))
+
+
+def test_rejected_estimate_keeps_previous_learned_rate(x64):
+  """After an accepted α, a bad refresh leaves exactly that α in place."""
+  a, b = spd_matrix(3), np.ones(3)
+  good = quadratic(a, b)
+  tx = gen_optax.gen(optax.sgd(1.0), **wide_open())
+  theta = jnp.zeros(3)
+  _, state = tx.update(jax.grad(good)(theta), tx.init(theta), theta, value_fn=good)
+  learned = float(state.learning_rate)
+  _, state = tx.update(jax.grad(good)(theta), state, theta, value_fn=lambda p: -good(p))
+  assert float(state.learning_rate) == learned
+  assert int(state.info.num_refreshes) == 2 and int(state.info.num_accepted) == 1
+
+
+# --- lazy refresh ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_lazy_refresh_does_no_curvature_work_between_refreshes(mode):
+  params, loss = tanh_mlp(dtype=jnp.float32)
+  evaluations = []
+
+  def counted_loss(p):
+    jax.debug.callback(lambda: evaluations.append(1))
+    return loss(p)
+
+  tx = gen_optax.gen(optax.adam(1.0), mode=mode, refresh_every=4)
+  state = tx.init(params)
+
+  @jax.jit
+  def step(p, s):
+    updates, s = tx.update(jax.grad(loss)(p), s, p, value_fn=counted_loss)
+    return optax.apply_updates(p, updates), s
+
+  learning_rates = []
+  for _ in range(12):
+    params, state = step(params, state)
+    jax.block_until_ready(state)
+    learning_rates.append(float(state.learning_rate))
+  jax.effects_barrier()
+  assert len(evaluations) == 3  # steps 0, 4 and 8 only
+  assert int(state.info.num_refreshes) == 3
+  for start in (0, 4, 8):  # α is constant between refreshes
+    assert len(set(learning_rates[start : start + 4])) == 1
+
+
+# --- the inner optimizer ----------------------------------------------------------
+
+
+def test_inner_state_advances_exactly_once_per_update():
+  params, loss = tanh_mlp(dtype=jnp.float32)
+  tx = gen_optax.gen(optax.adam(1.0), refresh_every=2)
+  step = make_step(tx, loss)
+  state = tx.init(params)
+  for _ in range(7):
+    params, state, _ = step(params, state)
+  assert int(optax.tree.get(state.inner_state, "count")) == 7
+  assert int(state.step) == 7
+
+
+def test_extra_args_reach_the_inner_optimizer(x64):
+  """An inner that needs value_fn (a line search) receives it."""
+  a, b = spd_matrix(3), np.ones(3)
+  loss = quadratic(a, b)
+  inner = optax.chain(optax.sgd(1.0), optax.scale_by_backtracking_linesearch(10))
+  tx = gen_optax.gen(inner, **wide_open())
+  theta = jnp.ones(3)
+  value, g = jax.value_and_grad(loss)(theta)
+  updates, state = tx.update(
+    g, tx.init(theta), theta, value_fn=loss, value=value, grad=g
+  )
+  assert loss(theta + updates) < loss(theta)
+  assert bool(state.info.accepted)
+
+
+# --- jit, dtypes, pytrees -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("mode", MODES)
+def test_jit_compiles_once_and_keeps_dtypes(mode, dtype):
+  params, loss = tanh_mlp(dtype=dtype)
+  tx = gen_optax.gen(optax.adamw(1.0, weight_decay=1e-2), mode=mode, refresh_every=2)
+  traces = []
+
+  @jax.jit
+  def step(p, s):
+    traces.append(1)
+    updates, s = tx.update(jax.grad(loss)(p), s, p, value_fn=loss)
+    return optax.apply_updates(p, updates), s, updates
+
+  state = tx.init(params)
+  for _ in range(5):
+    params, state, updates = step(params, state)
+  assert len(traces) == 1
+  assert step._cache_size() == 1
+  assert state.learning_rate.dtype == jnp.float32
+  assert state.step.dtype == jnp.int32
+  for leaf in jax.tree.leaves(params) + jax.tree.leaves(updates):
+    assert leaf.dtype == dtype
+  assert bool(jnp.isfinite(state.learning_rate))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_nested_pytree_matches_flat_vector(x64, mode):
+  params, loss = tanh_mlp()
+  flat, unravel = ravel_pytree(params)
+  flat_loss = lambda v: loss(unravel(v))  # noqa: E731
+  results = []
+  for p, f in ((params, loss), (flat, flat_loss)):
+    tx = gen_optax.gen(optax.adam(1.0), mode=mode, lr_max=10.0)
+    step = make_step(tx, f)
+    state = tx.init(p)
+    for _ in range(4):
+      p, state, _ = step(p, state)
+    results.append((ravel_pytree(p)[0], state.learning_rate))
+  chex.assert_trees_all_close(results[0], results[1], rtol=1e-10)
+
+
+def test_learning_rate_is_reachable_with_tree_get_inside_chain():
+  params, loss = tanh_mlp(dtype=jnp.float32)
+  tx = optax.chain(optax.clip_by_global_norm(1.0), gen_optax.gen(optax.adam(1.0)))
+  state = tx.init(params)
+  _, state = tx.update(jax.grad(loss)(params), state, params, value_fn=loss)
+  gen_state = state[1]
+  assert optax.tree.get(state, "learning_rate") == gen_state.learning_rate
+  assert bool(gen_state.info.accepted)
+
+
+# --- data parallel (axis_name) ------------------------------------------------------
+
+
+def test_axis_name_makes_replicas_agree():
+  """Replicas see different batches: they agree on α only with axis_name."""
+  key = jax.random.key(0)
+  x = jax.random.normal(key, (4, 8, 3))  # 4 replicas × 8 examples
+  y = jnp.sum(x, axis=-1)
+  params = jnp.zeros(3)
+
+  def replica_step(axis_name: Any):
+    tx = gen_optax.gen(optax.sgd(1.0), axis_name=axis_name, **wide_open())
+
+    def run(xb, yb):
+      loss = lambda p: jnp.mean((xb @ p - yb) ** 2)  # noqa: E731
+      grads = jax.grad(loss)(params)
+      if axis_name is not None:
+        grads = jax.lax.pmean(grads, axis_name)
+      updates, state = tx.update(grads, tx.init(params), params, value_fn=loss)
+      return state.learning_rate, updates
+
+    return jax.vmap(run, axis_name="batch")(x, y)
+
+  lr_synced, updates_synced = replica_step("batch")
+  lr_free, _ = replica_step(None)
+  assert bool(jnp.all(lr_synced == lr_synced[0]))
+  assert bool(jnp.all(updates_synced == updates_synced[0]))
+  assert float(jnp.max(lr_free) - jnp.min(lr_free)) > 1e-3 * float(jnp.max(lr_free))
+  # The synchronised α is the exact line search on the union of the batches.
+  full = lambda p: jnp.mean((x.reshape(-1, 3) @ p - y.reshape(-1)) ** 2)  # noqa: E731
+  g = jax.grad(full)(params)
+  hg = jax.jvp(jax.grad(full), (params,), (g,))[1]
+  np.testing.assert_allclose(lr_synced[0], g @ g / (g @ hg), rtol=1e-5)
+
+
+# --- validation ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+  ("kwargs", "error", "match"),
+  [
+    (dict(lr_min=-1e-3), ValueError, "lr_min=-0.001"),
+    (dict(lr_min=0.0), ValueError, "lr_min=0.0"),
+    (dict(lr_max=-1.0), ValueError, "lr_max=-1.0"),
+    (dict(lr_min=0.5, lr_max=0.1, init_learning_rate=0.2), ValueError, "lr_min=0.5"),
+    (dict(init_learning_rate=5.0), ValueError, "init_learning_rate=5.0"),
+    (dict(smoothing=1.0), ValueError, "smoothing=1.0"),
+    (dict(smoothing=-0.1), ValueError, "smoothing=-0.1"),
+    (dict(trust_ratio=0.5), ValueError, "trust_ratio=0.5"),
+    (dict(mode="newton"), ValueError, "mode='newton'"),
+    (dict(slope_from="batch"), ValueError, "slope_from='batch'"),
+    (dict(refresh_every=0), ValueError, "refresh_every=0"),
+    (dict(refresh_every=2.0), TypeError, "refresh_every=2.0"),
+    (dict(lr_max="big"), TypeError, "lr_max='big'"),
+    (dict(multiplier=0.5), TypeError, "multiplier=0.5"),
+    (dict(axis_name=3), TypeError, "axis_name=3"),
+  ],
+)
+def test_bad_configuration_raises_naming_the_argument(kwargs, error, match):
+  with pytest.raises(error, match=match):
+    gen_optax.gen(optax.adam(1.0), **kwargs)
+
+
+def test_inner_must_be_a_gradient_transformation():
+  with pytest.raises(
+    TypeError, match=r"inner must be an optax\.GradientTransformation"
+  ):
+    gen_optax.gen(optax.adam)  # type: ignore[arg-type]
+
+
+def test_missing_value_fn_or_params_says_what_to_pass():
+  params = jnp.ones(2)
+  tx = gen_optax.gen(optax.adam(1.0))
+  state = tx.init(params)
+  with pytest.raises(TypeError, match="value_fn=lambda p: loss"):
+    tx.update(params, state, params)
+  with pytest.raises(ValueError, match="needs the current parameters"):
+    tx.update(params, state, value_fn=jnp.sum)
