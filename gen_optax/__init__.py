@@ -10,6 +10,9 @@ from gen_optax._src.gen import GeNInfo as GeNInfo
 from gen_optax._src.gen import GeNState as GeNState
 from gen_optax._src.gen import Status as Status
 from gen_optax._src.gen import gen as gen
+from gen_optax._src.probes import ProbeFit as ProbeFit
+from gen_optax._src.probes import line_probes as line_probes
+from gen_optax._src.probes import one_probe_curvature as one_probe_curvature
 
 __version__ = "0.1.0"
 

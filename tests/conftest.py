@@ -9,7 +9,8 @@ import numpy as np
 import optax
 import pytest
 
-MODES = ("forward-over-reverse", "forward-over-forward")
+MODES = ("forward-over-reverse", "forward-over-forward")  # exact
+ALL_MODES = (*MODES, "probes", "one-probe")
 
 
 @pytest.fixture

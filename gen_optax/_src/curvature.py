@@ -9,7 +9,8 @@ and GeN needs the two coefficients ``slope = L'(θ)[u] = ⟨∇L(θ), u⟩`` and
 automatic differentiation, in one pass, without ever forming the Hessian.
 """
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any, Literal, NamedTuple, get_args
 
 import jax
@@ -84,8 +85,9 @@ def line_derivatives(
 
   Raises:
     ValueError: if ``mode`` is not one of the exact modes.
-    NotImplementedError: if ``value_fn`` contains an operation without the
-      forward-mode rule that ``mode`` needs; the message names the modes that
+    NotImplementedError, TypeError: (as JAX raises them) if ``value_fn``
+      contains an operation without the forward-mode rule that ``mode`` needs,
+      such as a ``jax.custom_vjp`` function; the message names the modes that
       work instead.
 
   Example:
@@ -103,8 +105,8 @@ def line_derivatives(
   """
   if mode not in EXACT_MODES:
     raise ValueError(f"mode must be one of {EXACT_MODES}, got mode={mode!r}.")
-  direction = jax.tree.map(lambda u, p: u.astype(p.dtype), direction, params)
-  try:
+  direction = cast_like(direction, params)
+  with _forward_mode_errors(f"mode={mode!r}"):
     if mode == "forward-over-reverse":
       (value, _), (slope, hvp) = jax.jvp(
         jax.value_and_grad(value_fn), (params,), (direction,)
@@ -116,13 +118,43 @@ def line_derivatives(
         return jax.jvp(value_fn, (p,), (direction,))
 
       (value, slope), (_, curvature) = jax.jvp(value_and_slope, (params,), (direction,))
-  except NotImplementedError as error:
-    raise NotImplementedError(
-      f"mode={mode!r} needs the forward-mode derivative of every operation in "
-      "value_fn, and one has none (a jax.custom_vjp function?). Use "
-      "mode='forward-over-reverse' (exact, differentiates custom_vjp) or a "
-      "probe mode ('probes', 'one-probe') that only evaluates value_fn. "
-      f"Original error: {error}"
-    ) from error
   dtype = scalar_dtype(value)
   return LineDerivatives(*(jnp.asarray(x, dtype) for x in (value, slope, curvature)))
+
+
+def value_and_slope(
+  value_fn: Callable[[Any], jax.Array], params: Any, direction: Any
+) -> tuple[jax.Array, jax.Array]:
+  """``(L(θ), L'(θ)[u])`` by one forward-mode pass (``jax.jvp``)."""
+  with _forward_mode_errors("slope_from='value_fn' in mode='one-probe'"):
+    value, slope = jax.jvp(value_fn, (params,), (cast_like(direction, params),))
+  dtype = scalar_dtype(value)
+  return jnp.asarray(value, dtype), jnp.asarray(slope, dtype)
+
+
+def cast_like(tree: Any, like: Any) -> Any:
+  """``tree`` with the dtypes of ``like`` (tangents must match primals)."""
+  return jax.tree.map(lambda x, y: x.astype(y.dtype), tree, like)
+
+
+@contextlib.contextmanager
+def _forward_mode_errors(what: str) -> Iterator[None]:
+  """Re-raises a missing forward-mode rule with the settings that avoid it.
+
+  ``jax.jvp`` of a ``jax.custom_vjp`` function raises ``TypeError``; ``jax.jvp``
+  of its linearisation raises ``NotImplementedError`` (``custom_lin``).
+  """
+  try:
+    yield
+  except (TypeError, NotImplementedError) as error:
+    message = str(error)
+    if not any(key in message for key in ("custom_vjp", "custom_lin", "jvp")):
+      raise
+    raise type(error)(
+      f"{what} needs the forward-mode derivative of every operation in "
+      "value_fn, and one has none (a jax.custom_vjp function?). Use "
+      "mode='forward-over-reverse' (exact, differentiates custom_vjp) or a "
+      "probe mode: mode='probes', or mode='one-probe' with "
+      "slope_from='gradient', which only evaluate value_fn. "
+      f"Original error: {message}"
+    ) from error
