@@ -1,5 +1,6 @@
 """gen(): closed forms, invariants, safeguards and plumbing."""
 
+import functools
 from typing import Any
 
 import chex
@@ -320,6 +321,24 @@ def test_jit_compiles_once_and_keeps_dtypes(mode, dtype):
   for leaf in jax.tree.leaves(params) + jax.tree.leaves(updates):
     assert leaf.dtype == dtype
   assert bool(jnp.isfinite(state.learning_rate))
+
+
+def test_state_can_be_donated():
+  """Every state leaf is its own buffer, so donate_argnums works."""
+  params, loss = tanh_mlp(dtype=jnp.float32)
+  tx = gen_optax.gen(optax.adam(1.0), refresh_every=2)
+
+  @functools.partial(jax.jit, donate_argnums=(0, 1))
+  def step(p, s):
+    updates, s = tx.update(jax.grad(loss)(p), s, p, value_fn=loss)
+    return optax.apply_updates(p, updates), s
+
+  state = tx.init(params)
+  leaves = jax.tree.leaves(state)
+  assert len({id(x) for x in leaves}) == len(leaves)
+  params, state = step(jax.tree.map(jnp.copy, params), state)
+  params, state = step(params, state)
+  assert int(state.step) == 2
 
 
 @pytest.mark.parametrize("mode", MODES)

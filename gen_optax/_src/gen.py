@@ -69,6 +69,12 @@ def _as_number(name: str, value: Any) -> float | None:
     raise TypeError(f"{name} must be a real number, got {name}={value!r}.") from None
 
 
+def _has_masked_nodes(tree: Any) -> bool:
+  """Whether `tree` comes from inside `optax.masked`/`optax.partition`."""
+  is_masked = lambda x: isinstance(x, optax.MaskedNode)  # noqa: E731
+  return any(map(is_masked, jax.tree.leaves(tree, is_leaf=is_masked)))
+
+
 def _validate(
   *,
   inner: Any,
@@ -128,7 +134,8 @@ def _validate(
       )
   if isinstance(refresh_every, bool) or not isinstance(refresh_every, int):
     raise TypeError(
-      f"refresh_every must be an int, got refresh_every={refresh_every!r}."
+      "refresh_every must be a Python int (under optax.inject_hyperparams, pass "
+      f"static_args=('refresh_every',)), got refresh_every={refresh_every!r}."
     )
   if refresh_every < 1:
     raise ValueError(
@@ -313,21 +320,22 @@ def gen(
 
   def init_fn(params: optax.Params) -> GeNState:
     dtype = curvature_lib.scalar_dtype(params)
-    nan = jnp.full((), jnp.nan, dtype)
-    zero = jnp.zeros((), jnp.int32)
+    # A fresh buffer per field: a state with shared buffers cannot be donated.
+    nan = lambda: jnp.full((), jnp.nan, dtype)  # noqa: E731
+    zero = lambda: jnp.zeros((), jnp.int32)  # noqa: E731
     return GeNState(
-      step=zero,
+      step=zero(),
       learning_rate=jnp.asarray(init_learning_rate, dtype),
       inner_state=inner.init(params),
       info=GeNInfo(
-        raw_learning_rate=nan,
-        slope=nan,
-        curvature=nan,
-        loss=nan,
-        fit_r2=nan,
+        raw_learning_rate=nan(),
+        slope=nan(),
+        curvature=nan(),
+        loss=nan(),
+        fit_r2=nan(),
         status=jnp.asarray(Status.INITIAL, jnp.int32),
-        num_refreshes=zero,
-        num_accepted=zero,
+        num_refreshes=zero(),
+        num_accepted=zero(),
       ),
     )
 
@@ -453,6 +461,13 @@ def gen(
         "gen needs the loss as a function of the parameters: call "
         "tx.update(grads, state, params, value_fn=lambda p: loss(p, batch)); "
         f"got value_fn={value_fn!r}."
+      )
+    if _has_masked_nodes(params):
+      raise ValueError(
+        "gen received params with optax.MaskedNode leaves: it sits inside "
+        "optax.masked or optax.partition, where value_fn would see only part of "
+        "the parameters. Put gen outside and the masking inside: "
+        "gen(optax.partition({...}, labels)) or gen(optax.masked(inner, mask))."
       )
     grads = updates
     direction, inner_state = inner.update(

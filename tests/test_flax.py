@@ -1,0 +1,186 @@
+"""Flax NNX and Linen training loops with GeN."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+from flax.training import train_state
+
+import gen_optax
+
+
+class NoisyMLP(nnx.Module):
+  """An MLP with BatchNorm and Dropout: non-trained state and randomness."""
+
+  def __init__(self, rngs: nnx.Rngs):
+    self.hidden = nnx.Linear(4, 16, rngs=rngs)
+    self.norm = nnx.BatchNorm(16, rngs=rngs)
+    self.dropout = nnx.Dropout(0.3, rngs=rngs)
+    self.out = nnx.Linear(16, 1, rngs=rngs)
+
+  def __call__(self, x):
+    h = self.dropout(nnx.relu(self.norm(self.hidden(x))))
+    return self.out(h)
+
+
+def loss_fn(model, x, y):
+  return jnp.mean((model(x) - y) ** 2)
+
+
+def _data(seed, n=64):
+  x = jax.random.normal(jax.random.key(seed), (n, 4))
+  return x, jnp.sin(x[:, :1]) + 0.5 * x[:, 1:2]
+
+
+def _frozen_state(model):
+  return jax.tree.map(jnp.copy, nnx.state(model, nnx.BatchStat, nnx.RngState))
+
+
+def test_nnx_value_fn_is_the_eval_mode_loss_and_mutates_nothing():
+  model = NoisyMLP(nnx.Rngs(0))
+  x, y = _data(1)
+  loss_fn_train = nnx.value_and_grad(loss_fn)
+  loss_fn_train(model, x, y)  # move the running statistics off their init
+  before = _frozen_state(model)
+  params = nnx.state(model, nnx.Param)
+
+  value_fn = gen_optax.nnx_value_fn(model, loss_fn, x, y)
+  value = value_fn(params)
+  jax.grad(value_fn)(params)
+
+  chex_equal = jax.tree.map(
+    lambda a, b: bool(jnp.all(a == b)), before, _frozen_state(model)
+  )
+  assert all(jax.tree.leaves(chex_equal))
+  model.eval()
+  np.testing.assert_allclose(value, loss_fn(model, x, y), rtol=1e-6)
+  model.train()
+  # Perturbed params change the value: it really reads its argument.
+  shifted = jax.tree.map(lambda p: p + 0.1, params)
+  assert float(value_fn(shifted)) != float(value)
+
+
+def test_nnx_value_fn_training_mode_uses_one_fixed_dropout_mask():
+  model = NoisyMLP(nnx.Rngs(0))
+  x, y = _data(2)
+  params = nnx.state(model, nnx.Param)
+  value_fn = gen_optax.nnx_value_fn(model, loss_fn, x, y, deterministic=False)
+  first, second = value_fn(params), value_fn(params)
+  assert float(first) == float(second)  # same key every evaluation
+  model.eval()
+  assert float(first) != float(loss_fn(model, x, y))  # dropout was on
+
+
+@pytest.mark.parametrize(
+  "mode", ["forward-over-reverse", "forward-over-forward", "probes"]
+)
+def test_nnx_optimizer_trains_and_gen_leaves_statistics_alone(mode):
+  model = NoisyMLP(nnx.Rngs(0))
+  optimizer = nnx.Optimizer(
+    model, gen_optax.gen(optax.adam(1.0), mode=mode), wrt=nnx.Param
+  )
+
+  @nnx.jit
+  def train_step(model, optimizer, batch, fresh):
+    loss, grads = nnx.value_and_grad(loss_fn)(model, *batch)
+    before = nnx.state(model, nnx.BatchStat, nnx.RngState)
+    optimizer.update(
+      model, grads, value_fn=gen_optax.nnx_value_fn(model, loss_fn, *fresh)
+    )
+    after = nnx.state(model, nnx.BatchStat, nnx.RngState)
+    unchanged = jax.tree.map(lambda a, b: jnp.all(a == b), before, after)
+    return loss, jnp.all(jnp.stack(jax.tree.leaves(unchanged)))
+
+  x_eval, y_eval = _data(99, n=256)
+  model.eval()
+  initial = float(loss_fn(model, x_eval, y_eval))
+  model.train()
+  for step in range(60):
+    _, unchanged = train_step(model, optimizer, _data(2 * step), _data(2 * step + 1))
+    assert bool(unchanged)
+  model.eval()
+  final = float(loss_fn(model, x_eval, y_eval))
+  gen_state = optimizer.opt_state
+  assert final < 0.5 * initial, (initial, final)
+  learning_rate = float(optax.tree.get(gen_state, "learning_rate"))
+  assert 1e-4 < learning_rate < 0.5
+  assert int(optax.tree.get(gen_state, "num_accepted")) > 30
+
+
+class LinenNet(nn.Module):
+  @nn.compact
+  def __call__(self, x, train: bool):
+    x = nn.Dense(16)(x)
+    x = nn.BatchNorm(use_running_average=not train)(x)
+    return nn.Dense(1)(nn.relu(x))
+
+
+def _linen_state(tx):
+  model = LinenNet()
+  x, _ = _data(0)
+  variables = model.init(jax.random.key(0), x, train=False)
+
+  class TrainState(train_state.TrainState):
+    batch_stats: dict
+
+  return model, TrainState.create(
+    apply_fn=model.apply,
+    params=variables["params"],
+    tx=tx,
+    batch_stats=variables["batch_stats"],
+  )
+
+
+def _linen_grads(model, state, x, y):
+  def loss(params):
+    pred, updates = model.apply(
+      {"params": params, "batch_stats": state.batch_stats},
+      x,
+      train=True,
+      mutable=["batch_stats"],
+    )
+    return jnp.mean((pred - y) ** 2), updates
+
+  (_, updates), grads = jax.value_and_grad(loss, has_aux=True)(state.params)
+  return grads, updates["batch_stats"]
+
+
+def test_linen_apply_gradients_matches_train_state_for_plain_optimizers():
+  model, state = _linen_state(optax.adamw(1e-2))
+  grads, _ = _linen_grads(model, state, *_data(1))
+  ours = gen_optax.linen_apply_gradients(state, grads=grads)
+  theirs = state.apply_gradients(grads=grads)
+  assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.all(a == b)), ours, theirs))
+
+
+def test_linen_train_state_with_gen_trains():
+  model, state = _linen_state(gen_optax.gen(optax.adam(1.0)))
+
+  def eval_loss(params, batch_stats, x, y):
+    pred = model.apply({"params": params, "batch_stats": batch_stats}, x, train=False)
+    return jnp.mean((pred - y) ** 2)
+
+  @jax.jit
+  def train_step(state, batch, fresh):
+    grads, batch_stats = _linen_grads(model, state, *batch)
+    # Running averages, not batch statistics: a deterministic value_fn.
+    value_fn = lambda p: eval_loss(p, batch_stats, *fresh)  # noqa: E731
+    state = gen_optax.linen_apply_gradients(state, grads=grads, value_fn=value_fn)
+    return state.replace(batch_stats=batch_stats)
+
+  x_eval, y_eval = _data(99, n=256)
+  initial = float(eval_loss(state.params, state.batch_stats, x_eval, y_eval))
+  for step in range(60):
+    state = train_step(state, _data(2 * step), _data(2 * step + 1))
+  final = float(eval_loss(state.params, state.batch_stats, x_eval, y_eval))
+  assert int(state.step) == 60
+  assert final < 0.5 * initial, (initial, final)
+  assert int(state.opt_state.info.num_accepted) > 30
+
+
+def test_nnx_value_fn_rejects_non_modules():
+  with pytest.raises(TypeError, match=r"model must be a flax\.nnx\.Module"):
+    gen_optax.nnx_value_fn(lambda x: x, loss_fn)
