@@ -2,23 +2,28 @@
 
 For each model (MLP 784-512-512-10 at batch 256, a small CNN, a small
 transformer LM) it times the jitted inner step (value_and_grad + adam) and the
-GeN step of each mode at refresh every 1, 4 and 8 steps: the mean time per step
-over whole refresh cycles (median over cycles), the median time of the steps
-between refreshes, and the compiled scratch memory (``memory_analysis()``),
-each as a ratio to the inner step.  ``--torch`` adds the authors' PyTorch
-package ``gen-optim`` on the same MLP shapes (``pip install -e ".[bench-torch]"``).
+GeN step of each mode refreshing every 1, 4 and 8 steps, with ``lax.cond``
+(``refresh_every``) and with the static ``refresh`` flag ('s': two compiled
+steps, no ``cond``), plus a step between refreshes.  Each figure is the mean
+time per step over a cycle of 8 steps, as a ratio to the inner step's cycle in
+the same round (median over interleaved rounds, so drifts of the machine
+cancel), and the compiled memory (``memory_analysis()``: arguments + outputs +
+scratch) as a ratio.  ``--torch`` adds the authors' PyTorch package
+``gen-optim`` on the same MLP shapes (``pip install -e ".[bench-torch]"``).
 
-Run: ``python benchmarks/overhead.py`` (about 5 minutes on 2 CPU cores);
-``--quick`` is the smoke test the suite runs; the same script runs on a GPU.
+Run: ``python benchmarks/overhead.py --out benchmarks/results/overhead-cpu.json``
+(about 10 minutes on 2 CPU cores); ``--quick`` is the smoke test the suite runs;
+``--models mlp transformer --rounds 5`` fits in 5 minutes on a GPU.
 """
 
 import argparse
+import functools
 import json
 import platform
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
@@ -29,92 +34,134 @@ import gen_optax
 
 MODES = ("forward-over-reverse", "forward-over-forward", "probes", "one-probe")
 CYCLE = 8  # a multiple of every refresh period
+NEVER = 0  # refresh_every of the "between refreshes" row: refresh=False always
 
 
-def make_step(
-  problem: Problem, tx: optax.GradientTransformation, gen: bool
-) -> Callable:
-  """A jitted step; GeN's value_fn sees a fresh batch (the recommended use)."""
+class Config(NamedTuple):
+  """One timed variant: the inner step, or GeN with a mode and period."""
 
-  def step(params, state, batch, fresh):
+  method: str
+  refresh_every: int | None
+  static: bool  # refresh chosen at trace time (two compilations, no lax.cond)
+  tx: optax.GradientTransformation
+
+
+def make_step(problem: Problem, config: Config) -> tuple[Callable, float]:
+  """A step ``(params, state, batch, fresh, i) -> (params, state)``, and memory.
+
+  The memory is the compiled program's arguments + outputs + scratch, in bytes.
+  GeN's value_fn sees the fresh batch (the recommended use).
+  """
+  gen = config.refresh_every is not None
+
+  def step(params, state, batch, fresh, refresh=None):
     grads = jax.grad(problem.loss)(params, batch)
     extra = {"value_fn": lambda p: problem.loss(p, fresh)} if gen else {}
-    updates, state = tx.update(grads, state, params, **extra)
+    if refresh is not None:
+      extra["refresh"] = refresh
+    updates, state = config.tx.update(grads, state, params, **extra)
     return optax.apply_updates(params, updates), state
 
-  return jax.jit(step, donate_argnums=(0, 1))
+  args = (
+    problem.params,
+    config.tx.init(problem.params),
+    *[problem.batch(jax.random.key(0))] * 2,
+  )
+  if not config.static:
+    jitted = jax.jit(step)
+    memory = compiled_bytes(jitted, args)
+    return (lambda p, s, b, f, i: jitted(p, s, b, f)), memory
+  on, off = (jax.jit(functools.partial(step, refresh=r)) for r in (True, False))
+  k = config.refresh_every
+  if k == NEVER:
+    return (lambda p, s, b, f, i: off(p, s, b, f)), compiled_bytes(off, args)
+  memory = max(compiled_bytes(fn, args) for fn in (on, off))
+  return (lambda p, s, b, f, i: (on if i % k == 0 else off)(p, s, b, f)), memory
 
 
-def time_steps(problem: Problem, tx, gen: bool, cycles: int) -> dict[str, float]:
-  """Per-step times over `cycles` cycles of CYCLE steps, after one warm-up cycle."""
-  step = make_step(problem, tx, gen)
-  keys = jax.random.split(jax.random.key(0), 2 * CYCLE)
+def compiled_bytes(fn: Callable, args: tuple) -> float:
+  """Arguments + outputs + scratch of the compiled ``fn(*args)``, in bytes."""
+  m = fn.lower(*args).compile().memory_analysis()
+  total = m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+  return float(total - m.alias_size_in_bytes)
+
+
+def run_problem(problem: Problem, configs: list[Config], rounds: int) -> list[dict]:
+  """Times every config in interleaved cycles.
+
+  Ratios are to the inner step of the same round, so drifts of the machine cancel.
+  """
+  keys = jax.random.split(jax.random.key(1), 2 * CYCLE)
   batches = [problem.batch(k) for k in keys]
-  params = jax.tree.map(lambda x: x.copy(), problem.params)
-  state = tx.init(params)
-  compiled = step.lower(params, state, batches[0], batches[1]).compile()
-  memory = compiled.memory_analysis()
-  times = np.zeros((cycles + 1, CYCLE))
-  for cycle in range(cycles + 1):
-    for i in range(CYCLE):
+  steps, memories, carries = [], [], []
+  for config in configs:
+    step, memory = make_step(problem, config)
+    steps.append(step)
+    memories.append(memory)
+    carries.append((problem.params, config.tx.init(problem.params)))
+  times = np.zeros((len(configs), rounds))  # seconds per cycle of CYCLE steps
+  for r in range(rounds + 1):  # round 0 warms up
+    for c, step in enumerate(steps):
+      params, state = carries[c]
       start = time.perf_counter()
-      params, state = step(params, state, batches[2 * i], batches[2 * i + 1])
+      for i in range(CYCLE):
+        params, state = step(params, state, batches[2 * i], batches[2 * i + 1], i)
       jax.block_until_ready((params, state))
-      times[cycle, i] = time.perf_counter() - start
-  times = times[1:]
-  return {
-    "per_step": float(np.median(times.mean(axis=1))),
-    "step_times": times,
-    "temp_bytes": float(getattr(memory, "temp_size_in_bytes", np.nan)),
-  }
-
-
-def run_problem(problem: Problem, modes, periods, cycles) -> list[dict[str, Any]]:
-  inner = time_steps(problem, optax.adam(1e-3), gen=False, cycles=cycles)
-  rows = [
-    {
-      "model": problem.name,
-      "method": "adam (inner step)",
-      "refresh_every": None,
-      "ms_per_step": 1e3 * inner["per_step"],
-      "ratio": 1.0,
-      "between_ratio": 1.0,
-      "temp_mb": inner["temp_bytes"] / 2**20,
-      "temp_ratio": 1.0,
-    }
-  ]
-  print_row(rows[0])
-  inner_median = float(np.median(inner["step_times"]))
-  for mode in modes:
-    for k in periods:
-      tx = gen_optax.gen(optax.adam(1.0), mode=mode, refresh_every=k)
-      result = time_steps(problem, tx, gen=True, cycles=cycles)
-      between = result["step_times"][:, [i % k != 0 for i in range(CYCLE)]]
-      rows.append(
-        {
-          "model": problem.name,
-          "method": f"gen {mode}",
-          "refresh_every": k,
-          "ms_per_step": 1e3 * result["per_step"],
-          "ratio": result["per_step"] / inner["per_step"],
-          "between_ratio": (
-            float(np.median(between)) / inner_median if between.size else None
-          ),
-          "temp_mb": result["temp_bytes"] / 2**20,
-          "temp_ratio": result["temp_bytes"] / max(inner["temp_bytes"], 1.0),
-        }
-      )
-      print_row(rows[-1])
+      if r:
+        times[c, r - 1] = time.perf_counter() - start
+      carries[c] = (params, state)
+  rows = []
+  for c, config in enumerate(configs):
+    rows.append(
+      {
+        "model": problem.name,
+        "method": config.method,
+        "refresh_every": config.refresh_every,
+        "static_refresh": config.static,
+        "ms_per_step": 1e3 * float(np.median(times[c])) / CYCLE,
+        "ratio": float(np.median(times[c] / times[0])),
+        "memory_mb": memories[c] / 2**20,
+        "memory_ratio": memories[c] / max(memories[0], 1),
+      }
+    )
+    print_row(rows[-1])
   return rows
 
 
+def configs_for(modes, periods, static_periods) -> list[Config]:
+  configs = [
+    Config("adam (inner step)", None, False, optax.adam(1e-3)),
+    Config("gen, between refreshes", NEVER, True, gen_optax.gen(optax.adam(1.0))),
+  ]
+  for mode in modes:
+    for k in periods:
+      configs.append(
+        Config(
+          f"gen {mode}",
+          k,
+          False,
+          gen_optax.gen(optax.adam(1.0), mode=mode, refresh_every=k),
+        )
+      )
+    for k in static_periods:
+      configs.append(
+        Config(
+          f"gen {mode}",
+          k,
+          True,
+          gen_optax.gen(optax.adam(1.0), mode=mode, refresh_every=k),
+        )
+      )
+  return configs
+
+
 def print_row(row: dict[str, Any]) -> None:
-  between = row["between_ratio"]
+  k = row["refresh_every"]
+  period = "-" if k in (None, NEVER) else f"{k}{'s' if row['static_refresh'] else ''}"
   print(
-    f"{row['model']:12s} {row['method']:27s} {row['refresh_every'] or '-':>3}"
+    f"{row['model']:12s} {row['method']:27s} {period:>3}"
     f" {row['ms_per_step']:9.2f} {row['ratio']:6.2f}"
-    f" {'-' if between is None else f'{between:.2f}':>8s}"
-    f" {row['temp_mb']:9.1f} {row['temp_ratio']:6.2f}",
+    f" {row['memory_mb']:9.1f} {row['memory_ratio']:6.2f}",
     flush=True,
   )
 
@@ -160,19 +207,19 @@ def torch_comparison(repeats: int) -> dict[str, float]:
   refresh = np.median([torch_step(True) for _ in range(repeats)])
 
   problem = PROBLEMS["mlp"]()
-  ours_plain = time_steps(problem, optax.adam(1e-3), gen=False, cycles=2)
+  configs = configs_for(("probes", "forward-over-forward"), [1], [])
+  rows = run_problem(problem, configs, rounds=3)
   result = {
     "torch_plain_ms": 1e3 * plain,
     "torch_refresh_ms": 1e3 * refresh,
     "torch_refresh_ratio": refresh / plain,
-    "jax_plain_ms": 1e3 * ours_plain["per_step"],
+    "jax_plain_ms": rows[0]["ms_per_step"],
   }
-  for mode in ("probes", "forward-over-forward"):
-    tx = gen_optax.gen(optax.adam(1.0), mode=mode)
-    ours = time_steps(problem, tx, gen=True, cycles=2)["per_step"]
-    result[f"jax_refresh_{mode}_ms"] = 1e3 * ours
-    result[f"jax_refresh_{mode}_ratio"] = ours / ours_plain["per_step"]
-    result[f"ours_over_torch_refresh_{mode}"] = ours / refresh
+  for row in rows[2:]:
+    mode = row["method"].removeprefix("gen ")
+    result[f"jax_refresh_{mode}_ms"] = row["ms_per_step"]
+    result[f"jax_refresh_{mode}_ratio"] = row["ratio"]
+    result[f"ours_over_torch_refresh_{mode}"] = row["ms_per_step"] / (1e3 * refresh)
   return result
 
 
@@ -181,28 +228,45 @@ def main() -> None:
   parser.add_argument("--models", nargs="+", default=list(PROBLEMS), choices=PROBLEMS)
   parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
   parser.add_argument("--periods", nargs="+", type=int, default=[1, 4, 8])
-  parser.add_argument("--cycles", type=int, default=4, help="timed cycles of 8 steps")
+  parser.add_argument(
+    "--static-periods",
+    nargs="+",
+    type=int,
+    default=[4, 8],
+    help="periods also timed with the static refresh flag (no lax.cond)",
+  )
+  parser.add_argument("--rounds", type=int, default=7, help="timed cycles of 8 steps")
   parser.add_argument("--torch", action="store_true", help="compare with gen-optim")
   parser.add_argument("--quick", action="store_true", help="tiny smoke run")
   parser.add_argument("--out", type=Path, default=None, help="JSON results file")
   args = parser.parse_args()
   if args.quick:
-    args.models, args.periods, args.cycles = ["mlp"], [1, 4], 1
+    args.models, args.periods, args.static_periods, args.rounds = (
+      ["mlp"],
+      [1, 4],
+      [4],
+      1,
+    )
   device = jax.devices()[0]
   print(f"device: {device.device_kind} ({device.platform}), jax {jax.__version__}")
   print(
+    "k: refresh period ('s': static refresh flag, no lax.cond); "
+    "ratios to the inner step; memory: arguments + outputs + scratch"
+  )
+  print(
     f"{'model':12s} {'method':27s} {'k':>3} {'ms/step':>9} {'ratio':>6}"
-    f" {'between':>8} {'temp MB':>9} {'mem x':>6}"
+    f" {'mem MB':>9} {'mem x':>6}"
   )
   rows = []
+  configs = configs_for(args.modes, args.periods, args.static_periods)
   for name in args.models:
     problem = PROBLEMS[name]()
     if args.quick:
-      small = problem.batch
+      full = problem.batch
       problem = problem._replace(
-        batch=lambda key, b=small: jax.tree.map(lambda x: x[:8], b(key))
+        batch=lambda key, b=full: jax.tree.map(lambda x: x[:8], b(key))
       )
-    rows.extend(run_problem(problem, args.modes, args.periods, args.cycles))
+    rows.extend(run_problem(problem, configs, args.rounds))
   results: dict[str, Any] = {
     "device": f"{device.device_kind} ({device.platform})",
     "machine": platform.processor() or platform.machine(),

@@ -1,5 +1,6 @@
 """Shared problems and helpers for the gen_optax tests."""
 
+import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -8,6 +9,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+
+# tests/multidevice needs 8 host devices: tests/test_multidevice.py runs it in
+# a process of its own, started with GEN_OPTAX_MULTIDEVICE=1.
+collect_ignore = (
+  [] if os.environ.get("GEN_OPTAX_MULTIDEVICE") == "1" else ["multidevice"]
+)
 
 MODES = ("forward-over-reverse", "forward-over-forward")  # exact
 ALL_MODES = (*MODES, "probes", "one-probe")

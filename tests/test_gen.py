@@ -445,3 +445,41 @@ def test_missing_value_fn_or_params_says_what_to_pass():
     tx.update(params, state, params)
   with pytest.raises(ValueError, match="needs the current parameters"):
     tx.update(params, state, value_fn=jnp.sum)
+
+
+@pytest.mark.parametrize("mode", ALL_MODES)
+def test_static_refresh_flag_matches_the_lax_cond_schedule(mode):
+  """refresh=True/False at trace time gives the refresh_every trajectory."""
+  params, loss = tanh_mlp(dtype=jnp.float32)
+  tx = gen_optax.gen(optax.adam(1.0), mode=mode, refresh_every=3)
+  evaluations = []
+
+  def counted(p):
+    jax.debug.callback(lambda: evaluations.append(1))
+    return loss(p)
+
+  @functools.partial(jax.jit, static_argnames="refresh")
+  def static_step(p, s, refresh):
+    updates, s = tx.update(jax.grad(loss)(p), s, p, value_fn=counted, refresh=refresh)
+    return optax.apply_updates(p, updates), s
+
+  scheduled = make_step(tx, loss)
+  p_static, s_static = params, tx.init(params)
+  p_sched, s_sched = params, tx.init(params)
+  for t in range(7):
+    p_static, s_static = static_step(p_static, s_static, refresh=t % 3 == 0)
+    p_sched, s_sched, _ = scheduled(p_sched, s_sched)
+  jax.effects_barrier()
+  chex.assert_trees_all_close((p_static, s_static), (p_sched, s_sched), rtol=1e-6)
+  assert static_step._cache_size() == 2
+  per_refresh = len(evaluations) // 3
+  assert len(evaluations) == 3 * per_refresh and per_refresh >= 1
+
+
+def test_traced_refresh_flag_is_refused():
+  params, loss = tanh_mlp(dtype=jnp.float32)
+  tx = gen_optax.gen(optax.adam(1.0))
+  with pytest.raises(TypeError, match="refresh must be a Python bool"):
+    jax.jit(lambda s, r: tx.update(params, s, params, value_fn=loss, refresh=r))(
+      tx.init(params), True
+    )

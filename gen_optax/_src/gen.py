@@ -75,6 +75,24 @@ def _has_masked_nodes(tree: Any) -> bool:
   return any(map(is_masked, jax.tree.leaves(tree, is_leaf=is_masked)))
 
 
+def _varying(tree: Any, axis_name: str | tuple[str, ...]) -> Any:
+  """Marks replicated values as varying over `axis_name` (shard_map's vma).
+
+  Leaves that already vary are kept; JAX versions without varying-axis
+  tracking need no marking.
+  """
+  pcast = getattr(jax.lax, "pcast", None)
+  if pcast is None:
+    return tree
+  axes = axis_name if isinstance(axis_name, tuple) else (axis_name,)
+
+  def cast(x: jax.Array) -> jax.Array:
+    missing = tuple(a for a in axes if a not in getattr(jax.typeof(x), "vma", axes))
+    return pcast(x, missing, to="varying") if missing else x
+
+  return jax.tree.map(cast, tree)
+
+
 def _validate(
   *,
   inner: Any,
@@ -272,10 +290,17 @@ def gen(
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose ``update`` takes
-    ``(grads, state, params, *, value_fn, value=None, **extra_args)``, with
-    ``value_fn(params) -> scalar loss`` and optionally ``value``, the known
-    ``value_fn(params)``, which saves the probe modes a forward pass; its state
-    is a :class:`GeNState`.
+    ``(grads, state, params, *, value_fn, value=None, refresh=None,
+    **extra_args)``, with ``value_fn(params) -> scalar loss``; optionally
+    ``value``, the known ``value_fn(params)``, which saves the probe modes a
+    forward pass; and optionally ``refresh``, a static Python bool that
+    overrides ``refresh_every`` for this call.  Its state is a
+    :class:`GeNState`.
+
+    ``refresh`` exists for XLA:CPU, where a convolution's backward pass inside
+    ``jax.lax.cond`` runs up to 8x slower (jax-ml/jax#12868): compile the train
+    step twice with ``refresh`` static (``refresh=step % k == 0``) and neither
+    variant contains a ``cond``.
 
   Raises:
     ValueError: for out-of-range or unknown settings, naming the argument.
@@ -377,7 +402,7 @@ def gen(
       slope = gradient_slope()
     return loss, slope, curvature, fit_r2
 
-  def refresh(
+  def next_learning_rate(
     learning_rate: jax.Array,
     info: GeNInfo,
     value_fn: Callable[[Any], jax.Array],
@@ -387,6 +412,10 @@ def gen(
     direction: optax.Updates,
   ) -> tuple[jax.Array, GeNInfo]:
     dtype = learning_rate.dtype
+    if axis_name is not None:
+      # Under shard_map the data vary across devices while params and u are
+      # replicated; jvp of grad then mixes the two (jax's check_vma refuses).
+      params, direction = _varying((params, direction), axis_name)
     model = quadratic_model(
       value_fn,
       params,
@@ -449,8 +478,15 @@ def gen(
     params: optax.Params | None = None,
     *,
     value_fn: Callable[[Any], jax.Array] | None = None,
+    refresh: bool | None = None,
     **extra_args: Any,
   ) -> tuple[optax.Updates, GeNState]:
+    if refresh is not None and not isinstance(refresh, bool):
+      raise TypeError(
+        "refresh must be a Python bool known at trace time (mark it static in "
+        "jax.jit) or None to follow refresh_every, got "
+        f"refresh={refresh!r}."
+      )
     if params is None:
       raise ValueError(
         "gen needs the current parameters: call "
@@ -475,7 +511,7 @@ def gen(
     )
 
     def do_refresh() -> tuple[jax.Array, GeNInfo]:
-      return refresh(
+      return next_learning_rate(
         state.learning_rate,
         state.info,
         value_fn,
@@ -485,14 +521,19 @@ def gen(
         direction,
       )
 
-    if refresh_every == 1:
+    def keep() -> tuple[jax.Array, GeNInfo]:
+      return state.learning_rate, state.info
+
+    if refresh is not None:
+      learning_rate, info = do_refresh() if refresh else keep()
+    elif refresh_every == 1:
       learning_rate, info = do_refresh()
     else:
       # Only the taken branch runs: steps between refreshes pay no curvature.
       learning_rate, info = jax.lax.cond(
         state.step % refresh_every == 0,
         do_refresh,
-        lambda: (state.learning_rate, state.info),
+        keep,
       )
     step_size = learning_rate
     if multiplier is not None:
