@@ -106,7 +106,7 @@ def test_step_is_invariant_to_the_inner_learning_rate(x64, mode, make_inner):
 
 
 def test_first_estimate_then_smoothing_and_trust_ratio(x64):
-  """α₁ = α*₁ (clamped); then α ← γα + (1−γ)·clip(α*, α/ρ, ρα)."""
+  """α₁ = α*₁; then α̂ = clip(α*, α/ρ, ρα): taken if lower, else γα + (1−γ)α̂."""
   a, b = spd_matrix(4, condition=20.0), np.ones(4)
   gamma, rho = 0.7, 1.5
   tx = gen_optax.gen(optax.sgd(1.0), smoothing=gamma, trust_ratio=rho, lr_max=1e3)
@@ -123,9 +123,11 @@ def test_first_estimate_then_smoothing_and_trust_ratio(x64):
     if expected is None:
       expected = cauchy
     else:
-      expected = gamma * expected + (1 - gamma) * np.clip(
-        cauchy, expected / rho, expected * rho
-      )
+      trusted = np.clip(cauchy, expected / rho, expected * rho)
+      if trusted < expected:
+        expected = trusted
+      else:
+        expected = gamma * expected + (1 - gamma) * trusted
     np.testing.assert_allclose(state.learning_rate, expected, rtol=1e-10)
   assert int(state.info.num_accepted) == 4
 
@@ -227,6 +229,28 @@ def test_rejected_estimate_keeps_previous_learned_rate(x64):
   _, state = tx.update(jax.grad(good)(theta), state, theta, value_fn=lambda p: -good(p))
   assert float(state.learning_rate) == learned
   assert int(state.info.num_refreshes) == 2 and int(state.info.num_accepted) == 1
+
+
+@pytest.mark.parametrize("shrink", [True, False])
+def test_ascent_with_positive_curvature_shrinks_alpha(x64, shrink):
+  """Slope ≥ 0, curvature > 0: the model's minimum is at α ≤ 0."""
+  a, b = spd_matrix(3), np.ones(3)
+  loss = quadratic(a, b)
+  gamma, rho = 0.8, 3.0
+  tx = gen_optax.gen(
+    optax.sgd(1.0), smoothing=gamma, trust_ratio=rho, shrink_on_ascent=shrink
+  )
+  theta = jnp.zeros(3)
+  g = jax.grad(loss)(theta)
+  _, state = tx.update(g, tx.init(theta), theta, value_fn=loss)
+  learned = float(state.learning_rate)
+  # value_fn goes uphill along u = −g (a noisy fresh batch can say so).
+  uphill = lambda p: loss(-p)  # noqa: E731
+  updates, state = tx.update(g, state, theta, value_fn=uphill)
+  assert Status(int(state.info.status)) == Status.NOT_DESCENT
+  expected = gamma * learned + (1 - gamma) * learned / rho if shrink else learned
+  np.testing.assert_allclose(state.learning_rate, expected, rtol=1e-12)
+  np.testing.assert_allclose(updates, -expected * g, rtol=1e-12)
 
 
 # --- lazy refresh ----------------------------------------------------------------

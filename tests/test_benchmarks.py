@@ -1,0 +1,42 @@
+"""The benchmark scripts run end to end in their --quick configuration."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+BENCHMARKS = Path(__file__).parent.parent / "benchmarks"
+
+
+def _run(script, *args):
+  result = subprocess.run(
+    [sys.executable, str(BENCHMARKS / script), "--quick", *args],
+    capture_output=True,
+    text=True,
+    timeout=600,
+    cwd=BENCHMARKS,
+  )
+  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+  return result.stdout
+
+
+def test_overhead_quick(tmp_path):
+  out = tmp_path / "overhead.json"
+  _run("overhead.py", "--out", str(out))
+  rows = json.loads(out.read_text())["rows"]
+  methods = {row["method"] for row in rows}
+  assert {"adam (inner step)", "gen forward-over-reverse", "gen probes"} <= methods
+  assert all(np.isfinite(row["ratio"]) and row["ratio"] > 0 for row in rows)
+  assert rows[0]["ratio"] == 1.0
+
+
+def test_quality_quick(tmp_path):
+  stdout = _run("quality.py", "--out", str(tmp_path))
+  summary = json.loads((tmp_path / "quality.json").read_text())
+  for problem in ("convex", "mlp"):
+    ranks = sorted(r["rank"] for r in summary["rows"] if r["problem"] == problem)
+    assert ranks == list(range(1, 13))  # 12 methods, each ranked once
+    assert (tmp_path / f"quality-{problem}.png").stat().st_size > 5000
+  assert "mean rank" in stdout

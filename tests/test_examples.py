@@ -1,0 +1,61 @@
+"""Smoke tests of the examples: tiny step counts, real figures, sane results."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+EXAMPLES = Path(__file__).parent.parent / "examples"
+
+
+def _load(name):
+  spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
+  module = importlib.util.module_from_spec(spec)
+  sys.modules[name] = module
+  spec.loader.exec_module(module)
+  return module
+
+
+def _is_png(path: Path) -> bool:
+  return path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
+
+
+def test_digits_cnn(tmp_path):
+  results = _load("digits_cnn").main(
+    ["--steps", "30", "--log-every", "10", "--out", str(tmp_path)]
+  )
+  gen_run = results[0]
+  assert gen_run["history"]["loss"][-1] < gen_run["history"]["loss"][0]
+  assert all(1e-6 <= lr <= 1.0 for lr in gen_run["history"]["lr"])
+  assert gen_run["test_accuracy"] > 0.3  # 10 classes: chance is 0.1
+  assert _is_png(tmp_path / "loss.png") and _is_png(tmp_path / "learning_rate.png")
+
+
+def test_char_transformer(tmp_path):
+  results = _load("char_transformer").main(
+    ["--steps", "20", "--length", "32", "--grid", "3e-3", "--out", str(tmp_path)]
+  )
+  gen_run = results["GeN-AdamW"]
+  assert gen_run["test_loss"] < np.log(128)  # better than uniform over the vocabulary
+  assert _is_png(tmp_path / "char_lm.png")
+
+
+def test_loss_landscape(tmp_path):
+  minimisers = _load("loss_landscape").main(
+    ["--train-steps", "5", "--out", str(tmp_path)]
+  )
+  # The exact and three-probe models agree on where the parabola bottoms out.
+  for when in ("at initialisation", "after 5 steps"):
+    exact, probes = minimisers[f"exact {when}"], minimisers[f"3 probes {when}"]
+    assert exact > 0 and probes == pytest.approx(exact, rel=0.2)
+  assert _is_png(tmp_path / "loss_landscape.png")
+
+
+def test_test_functions(tmp_path):
+  finals = _load("test_functions").main(["--steps", "60", "--out", str(tmp_path)])
+  # GeN-SGD is exact line search on the quadratic: fast linear convergence.
+  assert finals["quadratic"]["GeN-SGD"][-1] < 1e-6 * finals["quadratic"]["GeN-SGD"][0]
+  assert finals["rosenbrock"]["GeN-Adam"][-1] < finals["rosenbrock"]["GeN-Adam"][0]
+  assert _is_png(tmp_path / "test_functions.png")
