@@ -133,25 +133,11 @@ def configs_for(modes, periods, static_periods) -> list[Config]:
     Config("adam (inner step)", None, False, optax.adam(1e-3)),
     Config("gen, between refreshes", NEVER, True, gen_optax.gen(optax.adam(1.0))),
   ]
+  timed = [(k, False) for k in periods] + [(k, True) for k in static_periods]
   for mode in modes:
-    for k in periods:
-      configs.append(
-        Config(
-          f"gen {mode}",
-          k,
-          False,
-          gen_optax.gen(optax.adam(1.0), mode=mode, refresh_every=k),
-        )
-      )
-    for k in static_periods:
-      configs.append(
-        Config(
-          f"gen {mode}",
-          k,
-          True,
-          gen_optax.gen(optax.adam(1.0), mode=mode, refresh_every=k),
-        )
-      )
+    for k, static in timed:
+      tx = gen_optax.gen(optax.adam(1.0), mode=mode, refresh_every=k)
+      configs.append(Config(f"gen {mode}", k, static, tx))
   return configs
 
 
