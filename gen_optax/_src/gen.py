@@ -219,16 +219,12 @@ def gen(
   .. math::
     \alpha^\star = -\frac{L'(\theta)[u]}{u^\top H u}.
 
-  On a refresh step, with
-  :math:`\hat\alpha = \mathrm{clip}(\mathrm{clip}(\alpha^\star, \alpha/\rho,
-  \rho\alpha), \alpha_{\min}, \alpha_{\max})`, the learning rate becomes
+  On a refresh step the learning rate becomes
 
   .. math::
-    \alpha \leftarrow \begin{cases}
-      \hat\alpha & \hat\alpha < \alpha \text{ (decreases at once)} \\
-      \gamma\,\alpha + (1-\gamma)\,\hat\alpha & \text{otherwise (increases
-      smoothed)}
-    \end{cases}
+    \alpha \leftarrow \gamma\,\alpha + (1-\gamma)\,
+      \mathrm{clip}\big(\mathrm{clip}(\alpha^\star, \alpha/\rho, \rho\alpha),
+      \alpha_{\min}, \alpha_{\max}\big)
 
   with smoothing :math:`\gamma` and trust ratio :math:`\rho`; the first accepted
   estimate is taken as it is (clamped), since ``init_learning_rate`` is a guess,
@@ -236,17 +232,16 @@ def gen(
   anything is non-finite, the slope is not negative, the curvature not positive
   or a probe fit poor; :class:`Status` records why, and :math:`\alpha` is kept,
   except that a non-negative slope with positive curvature (the model's minimum
-  at :math:`\alpha \le 0`) shrinks it to :math:`\gamma\alpha +
-  (1-\gamma)\alpha/\rho` when ``shrink_on_ascent``.  The returned updates are
-  :math:`m(t)\,\alpha\, u`, with :math:`m` the optional ``multiplier``
-  schedule.
+  at :math:`\alpha \le 0`) counts as the estimate :math:`\alpha/\rho` when
+  ``shrink_on_ascent``: :math:`\alpha \leftarrow \gamma\alpha +
+  (1-\gamma)\alpha/\rho`.  The returned updates are :math:`m(t)\,\alpha\, u`,
+  with :math:`m` the optional ``multiplier`` schedule.
 
-  **Why asymmetric.**  Measured on ``benchmarks/quality.py`` (CNN, logistic
-  regression and transformer LM, 400 steps), against symmetric smoothing that
-  keeps α on every rejection: GeN-SGD-momentum no longer diverges while its
-  momentum buffer grows (final loss 2.35 → 0.07 on the CNN, 7009 → 2.80 on the
-  LM), and GeN-AdamW ends lower on all three (0.036 → 0.029, 0.15 → 0.076,
-  2.27 → 2.07).
+  **Why shrink on ascent.**  With ``value_fn`` on a fresh batch the slope is
+  noisy; discarding the estimates that say "go no further" while keeping the
+  large ones biases :math:`\alpha` upward.  Measured on
+  ``examples/digits_cnn.py`` (300 steps, batch 64): final training loss 0.021
+  keeping α, 0.0049 shrinking (AdamW at its rate 3e-3: 0.0065).
 
   **Units.** :math:`\alpha^\star u` does not depend on the scale of :math:`u`,
   so the inner optimizer's own learning rate cancels out: build it with
@@ -478,13 +473,7 @@ def gen(
       trusted = jnp.clip(raw, learning_rate / trust_ratio, learning_rate * trust_ratio)
       candidate = jnp.where(first, raw, trusted)
     candidate = jnp.clip(candidate, lr_min, lr_max)
-    # Asymmetric: a too-large step is what diverges (e.g. while a momentum
-    # buffer grows), so decreases are taken at once; increases are smoothed.
-    smoothed = jnp.where(
-      candidate < learning_rate,
-      candidate,
-      smoothing * learning_rate + (1 - smoothing) * candidate,
-    )
+    smoothed = smoothing * learning_rate + (1 - smoothing) * candidate
     new_learning_rate = jnp.where(
       accepted, jnp.where(first, candidate, smoothed), learning_rate
     )
