@@ -387,9 +387,12 @@ def gen(
     direction: optax.Updates,
     step_size: jax.Array,
     value: jax.Array | None,
-    gradient_slope: Callable[[], jax.Array],
+    gradient_slope: jax.Array | None,
   ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
-    """(loss, slope, curvature, fit R²) of the loss along the direction."""
+    """(loss, slope, curvature, fit R²) of the loss along the direction.
+
+    ``gradient_slope`` is ⟨g, u⟩ when ``slope_from="gradient"``, else None.
+    """
     one = jnp.ones((), step_size.dtype)
     if mode == "probes":
       loss, slope, curvature, fit_r2 = probes_lib.line_probes(
@@ -401,11 +404,11 @@ def gen(
         value=value,
       )
     elif mode == "one-probe":
-      if slope_from == "value_fn":
+      if gradient_slope is None:
         loss, slope = curvature_lib.value_and_slope(value_fn, params, direction)
       else:
         loss = value_fn(params) if value is None else jnp.asarray(value)
-        slope = gradient_slope()
+        slope = gradient_slope
       curvature = probes_lib.one_probe_curvature(
         value_fn, params, direction, step_size, loss, slope
       )
@@ -415,8 +418,8 @@ def gen(
         value_fn, params, direction, mode=mode
       )
       fit_r2 = one
-    if slope_from == "gradient":
-      slope = gradient_slope()
+    if gradient_slope is not None:
+      slope = gradient_slope
     return loss, slope, curvature, fit_r2
 
   def next_learning_rate(
@@ -439,7 +442,9 @@ def gen(
       direction,
       learning_rate,
       value,
-      lambda: curvature_lib.tree_vdot(grads, direction, dtype),
+      curvature_lib.tree_vdot(grads, direction, dtype)
+      if slope_from == "gradient"
+      else None,
     )
     loss, slope, curvature, fit_r2 = (jnp.asarray(x, dtype) for x in model)
     if axis_name is not None:
@@ -472,20 +477,19 @@ def gen(
     if trust_ratio is not None:
       trusted = jnp.clip(raw, learning_rate / trust_ratio, learning_rate * trust_ratio)
       candidate = jnp.where(first, raw, trusted)
+    # Slope ≥ 0 with positive curvature is a measurement (the model's minimum
+    # lies at α ≤ 0), not a failure; ignoring it biases α upward when slopes are
+    # noisy. It counts as the estimate α/ρ, the trust bound.
+    ascent = jnp.asarray(False)
+    if shrink_on_ascent:
+      ascent = (status == Status.NOT_DESCENT) & (curvature > 0) & ~first
+      bound = learning_rate / (2.0 if trust_ratio is None else trust_ratio)
+      candidate = jnp.where(ascent, bound, candidate)
     candidate = jnp.clip(candidate, lr_min, lr_max)
     smoothed = smoothing * learning_rate + (1 - smoothing) * candidate
     new_learning_rate = jnp.where(
-      accepted, jnp.where(first, candidate, smoothed), learning_rate
-    )
-    if shrink_on_ascent:
-      # Slope ≥ 0 with positive curvature is a measurement (the model's minimum
-      # lies at α ≤ 0), not a failure; ignoring it biases α upward when slopes
-      # are noisy. Shrink toward the trust bound, smoothed.
-      ascent = (status == Status.NOT_DESCENT) & (curvature > 0) & ~first
-      bound = learning_rate / (2.0 if trust_ratio is None else trust_ratio)
-      shrunk = smoothing * learning_rate + (1 - smoothing) * jnp.maximum(bound, lr_min)
-      new_learning_rate = jnp.where(ascent, shrunk, new_learning_rate)
-    new_learning_rate = new_learning_rate.astype(dtype)
+      accepted | ascent, jnp.where(first, candidate, smoothed), learning_rate
+    ).astype(dtype)
     new_info = GeNInfo(
       raw_learning_rate=raw,
       slope=slope,
