@@ -52,7 +52,8 @@ def multi_device_check(steps: int = 5) -> None:
     "v": jax.random.normal(jax.random.key(2), (128,)) / 12,
   }
   x, y = data(n, steps)
-  tx = gen_optax.gen(optax.adam(1.0))
+  # No warm-up cap, so that α is the measured one (what must agree).
+  tx = gen_optax.gen(optax.adam(1.0), warmup_growth=None)
   reference = single_device_alpha(params, x, y, tx)
 
   @jax.jit
@@ -76,7 +77,7 @@ def multi_device_check(steps: int = 5) -> None:
     f" {time.perf_counter() - start:.2f}s incl. compile)"
   )
 
-  mapped = gen_optax.gen(optax.adam(1.0), axis_name="data")
+  mapped = gen_optax.gen(optax.adam(1.0), axis_name="data", warmup_growth=None)
 
   @jax.jit
   @functools.partial(

@@ -105,28 +105,101 @@ def test_step_is_invariant_to_the_inner_learning_rate(x64, mode, make_inner):
 # --- the learning-rate rule ---------------------------------------------------
 
 
-def test_first_estimate_then_smoothing_and_trust_ratio(x64):
-  """α₁ = α*₁ (clamped); then α ← γα + (1−γ)·clip(α*, α/ρ, ρα)."""
-  a, b = spd_matrix(4, condition=20.0), np.ones(4)
-  gamma, rho = 0.7, 1.5
-  tx = gen_optax.gen(optax.sgd(1.0), smoothing=gamma, trust_ratio=rho, lr_max=1e3)
+def test_running_means_trust_ratio_and_warmup(x64):
+  """α against an independent re-implementation of the documented rule.
+
+  The curvature scale and the norm of u change at every step, one measurement
+  is concave, and the trust ratio and the warm-up cap both bind.
+  """
+  a, b = spd_matrix(4, condition=20.0), np.arange(1.0, 5.0)
+  gamma, rho, growth, init = 0.7, 1.5, 1.6, 0.05
+  norms = [1.0, 3.0, 0.5, 2.0, 1.0, 10.0]
+  scales = [1.0, 30.0, -1.0, 1.0, 1.0 / 30, 1.0]
+  inner = optax.chain(
+    optax.sgd(1.0), optax.scale_by_schedule(lambda t: jnp.asarray(norms)[t])
+  )
+  tx = gen_optax.gen(
+    inner,
+    smoothing=gamma,
+    trust_ratio=rho,
+    warmup_growth=growth,
+    init_learning_rate=init,
+    lr_max=1e3,
+  )
   theta = jnp.arange(4.0)
   state = tx.init(theta)
-
-  expected = None
-  for curvature_scale in (1.0, 30.0, 1.0, 1.0 / 30):
-    loss = quadratic(curvature_scale * a, b)
-    g = jax.grad(loss)(theta)
-    cauchy = float(g @ g / (g @ (curvature_scale * a) @ g))
-    _, state = tx.update(g, state, theta, value_fn=loss)
-    np.testing.assert_allclose(state.info.raw_learning_rate, cauchy, rtol=1e-10)
-    if expected is None:
-      expected = cauchy
-    else:
-      trusted = np.clip(cauchy, expected / rho, expected * rho)
-      expected = gamma * expected + (1 - gamma) * trusted
+  mean_s = mean_c = 0.0
+  expected = init
+  for n, (norm, scale) in enumerate(zip(norms, scales, strict=True), start=1):
+    loss = quadratic(scale * a, b)
+    g = np.asarray(jax.grad(loss)(theta))
+    u = -norm * g
+    s, c = g @ u, u @ (scale * a) @ u
+    _, state = tx.update(jnp.asarray(g), state, theta, value_fn=loss)
+    np.testing.assert_allclose(state.info.raw_learning_rate, -s / c, rtol=1e-10)
+    u_norm = np.linalg.norm(u)
+    mean_s = gamma * mean_s + (1 - gamma) * s / u_norm
+    mean_c = gamma * mean_c + (1 - gamma) * abs(c) / u_norm**2
+    estimate = -mean_s / (mean_c * u_norm)
+    if n > 1:
+      estimate = np.clip(estimate, expected / rho, expected * rho)
+    expected = min(estimate, init * growth**n)
     np.testing.assert_allclose(state.learning_rate, expected, rtol=1e-10)
-  assert int(state.info.num_accepted) == 4
+  assert int(state.info.num_accepted) == len(norms)
+
+
+def test_step_length_follows_the_norm_of_u_at_once(x64):
+  """Same geometry, ‖u‖ growing tenfold per step: α falls tenfold at once.
+
+  This is what keeps heavy-ball momentum, whose buffer grows ~10x in its first
+  steps, from diverging: the means are per unit length of u.
+  """
+  a, b = spd_matrix(3), np.ones(3)
+  loss = quadratic(a, b)
+  inner = optax.chain(optax.sgd(1.0), optax.scale_by_schedule(lambda t: 10.0**t))
+  tx = gen_optax.gen(inner, **wide_open(smoothing=0.9))
+  theta = jnp.zeros(3)
+  g = jax.grad(loss)(theta)
+  state, steps = tx.init(theta), []
+  for _ in range(4):
+    updates, state = tx.update(g, state, theta, value_fn=loss)
+    steps.append(updates)
+  cauchy = float(g @ g / (g @ a @ g))
+  for step in steps:
+    np.testing.assert_allclose(step, -cauchy * g, rtol=1e-10)
+  np.testing.assert_allclose(state.learning_rate, cauchy / 10.0**3, rtol=1e-10)
+
+
+@pytest.mark.parametrize("growth", [2.0, 1.1])
+def test_warmup_caps_alpha_geometrically(x64, growth):
+  """Newton's direction has α* = 1: α climbs as init · growthⁿ up to it."""
+  a, b = spd_matrix(3, condition=10.0), np.ones(3)
+  loss = quadratic(a, b)
+  tx = gen_optax.gen(
+    newton_direction(a),
+    **wide_open(warmup_growth=growth, init_learning_rate=1e-3),
+  )
+  theta = jnp.full(3, 2.0)
+  state = tx.init(theta)
+  for n in range(1, 80):
+    _, state = tx.update(jax.grad(loss)(theta), state, theta, value_fn=loss)
+    np.testing.assert_allclose(
+      state.learning_rate, min(1.0, 1e-3 * growth**n), rtol=1e-10
+    )
+
+
+def test_concave_direction_is_measured_by_its_curvature_magnitude(x64):
+  """uᵀHu < 0: the step is -slope/|curvature| (saddle-free), finite."""
+  loss = lambda p: -jnp.sum(p**2)  # noqa: E731
+  params = jnp.array([1.0, -2.0, 0.5])
+  tx = gen_optax.gen(optax.sgd(1.0), **wide_open())
+  g = jax.grad(loss)(params)
+  updates, state = tx.update(g, tx.init(params), params, value_fn=loss)
+  assert bool(state.info.accepted)
+  assert float(state.info.curvature) < 0
+  # slope -|g|², curvature -2|g|²: α = 1/2.
+  np.testing.assert_allclose(state.learning_rate, 0.5, rtol=1e-12)
+  np.testing.assert_allclose(updates, -0.5 * g, rtol=1e-12)
 
 
 @pytest.mark.parametrize("bound", ["lr_max", "lr_min"])
@@ -169,7 +242,7 @@ def test_multiplier_schedule_scales_the_step_not_the_learning_rate(x64):
 
 
 def _one_update(loss, inner, params, grads=None, **settings):
-  tx = gen_optax.gen(inner, init_learning_rate=0.01, **settings)
+  tx = gen_optax.gen(inner, init_learning_rate=0.25, **settings)
   grads = jax.grad(loss)(params) if grads is None else grads
   updates, state = jax.jit(lambda g, s, p: tx.update(g, s, p, value_fn=loss))(
     grads, tx.init(params), params
@@ -181,7 +254,7 @@ def _one_update(loss, inner, params, grads=None, **settings):
 @pytest.mark.parametrize(
   ("case", "expected"),
   [
-    ("concave", Status.NON_POSITIVE_CURVATURE),
+    ("linear", Status.NON_POSITIVE_CURVATURE),
     ("ascent", Status.NOT_DESCENT),
     ("zero_direction", Status.ZERO_DIRECTION),
     ("nan_loss", Status.NON_FINITE),
@@ -192,8 +265,8 @@ def test_fallbacks_keep_the_learning_rate_and_stay_finite(mode, case, expected):
   params = jnp.array([1.0, -2.0, 0.5])
   inner = optax.sgd(1.0)
   grads = None
-  if case == "concave":
-    loss = lambda p: -jnp.sum(p**2)  # noqa: E731
+  if case == "linear":  # no curvature (exactly, even by finite differences at h = 1/4)
+    loss = lambda p: jnp.sum(p)  # noqa: E731
   elif case == "ascent":
     loss = lambda p: jnp.sum(p**2)  # noqa: E731
     inner = optax.scale(1.0)  # u = +g goes uphill
@@ -209,9 +282,9 @@ def test_fallbacks_keep_the_learning_rate_and_stay_finite(mode, case, expected):
   updates, state, grads = _one_update(loss, inner, params, grads, mode=mode)
   assert Status(int(state.info.status)) == expected
   assert not state.info.accepted
-  assert float(state.learning_rate) == np.float32(0.01)
+  assert float(state.learning_rate) == 0.25
   direction = grads if case == "ascent" else -grads
-  np.testing.assert_allclose(updates, 0.01 * direction, rtol=1e-6)
+  np.testing.assert_allclose(updates, 0.25 * direction, rtol=1e-6)
   assert bool(jnp.all(jnp.isfinite(updates)))
 
 
@@ -228,26 +301,35 @@ def test_rejected_estimate_keeps_previous_learned_rate(x64):
   assert int(state.info.num_refreshes) == 2 and int(state.info.num_accepted) == 1
 
 
-@pytest.mark.parametrize("shrink", [True, False])
-def test_ascent_with_positive_curvature_shrinks_alpha(x64, shrink):
-  """Slope ≥ 0, curvature > 0: the model's minimum is at α ≤ 0."""
+def test_uphill_measurement_enters_the_running_means(x64):
+  """A fresh batch that says "uphill" lowers the mean slope; α is kept once
+  the mean slope is no longer negative."""
   a, b = spd_matrix(3), np.ones(3)
   loss = quadratic(a, b)
-  gamma, rho = 0.8, 3.0
-  tx = gen_optax.gen(
-    optax.sgd(1.0), smoothing=gamma, trust_ratio=rho, shrink_on_ascent=shrink
-  )
+  uphill = lambda p: loss(-p)  # noqa: E731  same curvature, slope of opposite sign
+  gamma = 0.8
+  tx = gen_optax.gen(optax.sgd(1.0), **wide_open(smoothing=gamma))
   theta = jnp.zeros(3)
   g = jax.grad(loss)(theta)
-  _, state = tx.update(g, tx.init(theta), theta, value_fn=loss)
-  learned = float(state.learning_rate)
-  # value_fn goes uphill along u = −g (a noisy fresh batch can say so).
-  uphill = lambda p: loss(-p)  # noqa: E731
+  cauchy = float(g @ g / (g @ a @ g))  # α* of every downhill measurement
+  state = tx.init(theta)
+  for _ in range(3):
+    _, state = tx.update(g, state, theta, value_fn=loss)
+  np.testing.assert_allclose(state.learning_rate, cauchy, rtol=1e-12)
+  # Slope means (in units of the downhill slope): 3 downhill, then uphill.
+  mean_downhill = 1 - gamma**3
+  mean_after = gamma * mean_downhill - (1 - gamma)
+  curvature_weight = 1 - gamma**4
   updates, state = tx.update(g, state, theta, value_fn=uphill)
-  assert Status(int(state.info.status)) == Status.NOT_DESCENT
-  expected = gamma * learned + (1 - gamma) * learned / rho if shrink else learned
+  assert bool(state.info.accepted) and mean_after > 0
+  expected = cauchy * mean_after / curvature_weight
   np.testing.assert_allclose(state.learning_rate, expected, rtol=1e-12)
   np.testing.assert_allclose(updates, -expected * g, rtol=1e-12)
+  # A second uphill batch turns the mean slope non-negative: α stays.
+  assert gamma * mean_after - (1 - gamma) < 0
+  _, state = tx.update(g, state, theta, value_fn=uphill)
+  assert Status(int(state.info.status)) == Status.NOT_DESCENT
+  np.testing.assert_allclose(state.learning_rate, expected, rtol=1e-12)
 
 
 # --- lazy refresh ----------------------------------------------------------------

@@ -205,7 +205,7 @@ def test_probe_modes_work_on_a_custom_vjp_model():
   params = {"w": jax.random.normal(key, (4, 8)) / 2, "v": jnp.zeros(8)}
   loss = lambda p: jnp.mean((_clipped_relu(x @ p["w"]) @ p["v"] - y) ** 2)  # noqa: E731
   for settings in (dict(mode="probes"), dict(mode="one-probe", slope_from="gradient")):
-    tx = gen_optax.gen(optax.adam(1.0), **settings)
+    tx = gen_optax.gen(optax.adam(1.0), warmup_growth=None, **settings)
     step = make_step(tx, loss)
     p, state = params, tx.init(params)
     for _ in range(20):

@@ -49,14 +49,15 @@ def multi_steps(
     >>> import jax, jax.numpy as jnp, optax
     >>> import gen_optax
     >>> loss = lambda p: jnp.sum((p - 1.0) ** 2)
-    >>> tx = gen_optax.multi_steps(gen_optax.gen(optax.sgd(1.0)), every_k=2)
+    >>> inner = gen_optax.gen(optax.sgd(1.0), warmup_growth=None)
+    >>> tx = gen_optax.multi_steps(inner, every_k=2)
     >>> params = jnp.zeros(2)
     >>> state = tx.init(params)
     >>> for _ in range(2):
     ...   updates, state = tx.update(jax.grad(loss)(params), state, params,
     ...                              value_fn=loss)
     ...   params = optax.apply_updates(params, updates)
-    ...   print(params)
+    ...   print(params.round(4))
     [0. 0.]
     [1. 1.]
 
