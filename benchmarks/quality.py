@@ -9,7 +9,8 @@ Problems (data ship with scikit-learn or Python; nothing is downloaded):
   own source text, batch 32.
 
 Methods: GeN-SGD, GeN-SGD-momentum, GeN-AdamW (library defaults; ``value_fn``
-on an independent batch, as recommended), a 9-point log grid (1e-4 ... 1) of
+on an independent batch, as recommended), GeN-AdamW with the paper's
+horizon-aware cosine ``multiplier``, a 9-point log grid (1e-4 ... 1) of
 constant learning rates for SGD-momentum and AdamW, and the learning-rate-free
 peers in optax.  Every seed and grid point uses the same batches; one jitted
 step per method and problem.
@@ -198,9 +199,9 @@ class Method(NamedTuple):
   eval_params: Callable[[Any, Any], Any] | None = None  # (state, params) -> params
 
 
-def methods() -> list[Method]:
-  def gen(inner):
-    return lambda lr: gen_optax.gen(inner)
+def methods(steps: int) -> list[Method]:
+  def gen(inner, **settings):
+    return lambda lr: gen_optax.gen(inner, **settings)
 
   return [
     Method("GeN-SGD", gen(optax.sgd(1.0)), "gen", needs_value_fn=True),
@@ -209,6 +210,16 @@ def methods() -> list[Method]:
     ),
     Method(
       "GeN-AdamW", gen(optax.adamw(1.0, weight_decay=1e-4)), "gen", needs_value_fn=True
+    ),
+    # The paper's horizon-aware variant: the step is m(t)·α·u, m a cosine.
+    Method(
+      "GeN-AdamW, cosine multiplier",
+      gen(
+        optax.adamw(1.0, weight_decay=1e-4),
+        multiplier=optax.cosine_decay_schedule(1.0, steps),
+      ),
+      "gen",
+      needs_value_fn=True,
     ),
     Method(
       "SGD-momentum grid",
@@ -389,7 +400,9 @@ def main() -> None:
   all_rows = []
   for name in args.problems:
     problem = PROBLEMS[name]()
-    results = {m.name: train(problem, m, args.steps, args.seeds) for m in methods()}
+    results = {
+      m.name: train(problem, m, args.steps, args.seeds) for m in methods(args.steps)
+    }
     rows = summarize(problem, results)
     all_rows.extend(rows)
     print(f"\n{problem.name}: {args.steps} steps, {args.seeds} seeds")
