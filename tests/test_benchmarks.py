@@ -35,8 +35,13 @@ def test_overhead_quick(tmp_path):
 def test_quality_quick(tmp_path):
   stdout = _run("quality.py", "--out", str(tmp_path))
   summary = json.loads((tmp_path / "quality.json").read_text())
+  required = {"GeN-SGD", "GeN-SGD-momentum", "GeN-AdamW", "AdamW grid"}
+  required |= {"SGD-momentum grid", "prodigy", "dadapt_adamw", "dog", "cocob"}
+  required |= {"mechanize(adam)", "schedule_free_adamw", "polyak_sgd"}
   for problem in ("convex", "mlp"):
-    ranks = sorted(r["rank"] for r in summary["rows"] if r["problem"] == problem)
-    assert ranks == list(range(1, 13))  # 12 methods, each ranked once
+    rows = [r for r in summary["rows"] if r["problem"] == problem]
+    assert required <= {r["family"] for r in rows}
+    # Every method ranked once.
+    assert sorted(r["rank"] for r in rows) == list(range(1, len(rows) + 1))
     assert (tmp_path / f"quality-{problem}.png").stat().st_size > 5000
   assert "mean rank" in stdout
