@@ -45,3 +45,16 @@ def test_quality_quick(tmp_path):
     assert sorted(r["rank"] for r in rows) == list(range(1, len(rows) + 1))
     assert (tmp_path / f"quality-{problem}.png").stat().st_size > 5000
   assert "mean rank" in stdout
+
+  # gen_settings.py with the defaults reproduces quality.py's GeN-AdamW rows.
+  screened = _run("gen_settings.py", "--grids", str(tmp_path / "quality.json"))
+  lines = screened.splitlines()[1:]
+  assert len(lines) == 2  # convex and mlp, GeN-AdamW
+  for line in lines:
+    problem, _, _, loss = line.split()[:4]
+    row = next(
+      r
+      for r in summary["rows"]
+      if r["problem"] == problem and r["family"] == "GeN-AdamW"
+    )
+    np.testing.assert_allclose(float(loss), row["final_loss"], rtol=1e-3)
