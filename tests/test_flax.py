@@ -173,12 +173,16 @@ def test_linen_train_state_with_gen_trains():
 
   x_eval, y_eval = _data(99, n=256)
   initial = float(eval_loss(state.params, state.batch_stats, x_eval, y_eval))
-  for step in range(60):
+  late = []
+  for step in range(100):
     state = train_step(state, _data(2 * step), _data(2 * step + 1))
-  final = float(eval_loss(state.params, state.batch_stats, x_eval, y_eval))
-  assert int(state.step) == 60
-  assert final < 0.5 * initial, (initial, final)
-  assert int(state.opt_state.info.num_accepted) > 30
+    if step >= 80:
+      late.append(float(eval_loss(state.params, state.batch_stats, x_eval, y_eval)))
+  assert int(state.step) == 100
+  # Averaged over the last 20 steps: BatchNorm's running statistics lag the
+  # parameters, so the eval loss of any single step jumps around.
+  assert np.mean(late) < 0.5 * initial, (initial, late)
+  assert int(state.opt_state.info.num_accepted) > 50
 
 
 def test_nnx_value_fn_rejects_non_modules():
