@@ -15,22 +15,22 @@ import json
 from pathlib import Path
 
 import numpy as np
-import optax
 import quality
 
 import gen_optax
 
-INNERS = {
-  "adamw": (lambda: optax.adamw(1.0, weight_decay=1e-4), "AdamW grid"),
-  "sgd-momentum": (lambda: optax.sgd(1.0, momentum=0.9), "SGD-momentum grid"),
-  "sgd": (lambda: optax.sgd(1.0), "SGD-momentum grid"),
+# Each inner of quality.GEN_INNERS is compared with this grid's best rate.
+GRID_OF = {
+  "adamw": "AdamW grid",
+  "sgd-momentum": "SGD-momentum grid",
+  "sgd": "SGD-momentum grid",
 }
 
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--settings", type=json.loads, default={}, help="gen kwargs")
-  parser.add_argument("--inners", nargs="+", default=["adamw"], choices=INNERS)
+  parser.add_argument("--inners", nargs="+", default=["adamw"], choices=GRID_OF)
   parser.add_argument("--problems", nargs="+", default=list(quality.PROBLEMS))
   parser.add_argument("--steps", type=int, default=400)
   parser.add_argument("--seeds", type=int, default=3)
@@ -47,8 +47,8 @@ def main() -> None:
   for name in args.problems:
     problem = quality.PROBLEMS[name]()
     for inner_name in args.inners:
-      make_inner, grid = INNERS[inner_name]
-      tx = gen_optax.gen(make_inner(), **args.settings)
+      grid = GRID_OF[inner_name]
+      tx = gen_optax.gen(quality.GEN_INNERS[inner_name](), **args.settings)
       method = quality.Method(
         inner_name, lambda lr, tx=tx: tx, "gen", needs_value_fn=True
       )

@@ -199,25 +199,26 @@ class Method(NamedTuple):
   eval_params: Callable[[Any, Any], Any] | None = None  # (state, params) -> params
 
 
+# The optimizers GeN wraps, at inner learning rate 1 (α is then the rate).
+GEN_INNERS: dict[str, Callable[[], optax.GradientTransformation]] = {
+  "sgd": lambda: optax.sgd(1.0),
+  "sgd-momentum": lambda: optax.sgd(1.0, momentum=0.9),
+  "adamw": lambda: optax.adamw(1.0, weight_decay=1e-4),
+}
+
+
 def methods(steps: int) -> list[Method]:
   def gen(inner, **settings):
-    return lambda lr: gen_optax.gen(inner, **settings)
+    return lambda lr: gen_optax.gen(GEN_INNERS[inner](), **settings)
 
   return [
-    Method("GeN-SGD", gen(optax.sgd(1.0)), "gen", needs_value_fn=True),
-    Method(
-      "GeN-SGD-momentum", gen(optax.sgd(1.0, momentum=0.9)), "gen", needs_value_fn=True
-    ),
-    Method(
-      "GeN-AdamW", gen(optax.adamw(1.0, weight_decay=1e-4)), "gen", needs_value_fn=True
-    ),
+    Method("GeN-SGD", gen("sgd"), "gen", needs_value_fn=True),
+    Method("GeN-SGD-momentum", gen("sgd-momentum"), "gen", needs_value_fn=True),
+    Method("GeN-AdamW", gen("adamw"), "gen", needs_value_fn=True),
     # The paper's horizon-aware variant: the step is m(t)·α·u, m a cosine.
     Method(
       "GeN-AdamW, cosine multiplier",
-      gen(
-        optax.adamw(1.0, weight_decay=1e-4),
-        multiplier=optax.cosine_decay_schedule(1.0, steps),
-      ),
+      gen("adamw", multiplier=optax.cosine_decay_schedule(1.0, steps)),
       "gen",
       needs_value_fn=True,
     ),
