@@ -25,10 +25,10 @@ class Status(enum.IntEnum):
   ``NON_POSITIVE_CURVATURE`` describe the running means, which include it.
   """
 
-  ACCEPTED = 0  #: α* was used to update the learning rate.
+  ACCEPTED = 0  #: the means' ratio updated the learning rate.
   INITIAL = 1  #: no refresh has happened yet.
   ZERO_DIRECTION = 2  #: the inner update u is exactly zero.
-  NON_FINITE = 3  #: loss, slope, curvature or α* is NaN or infinite.
+  NON_FINITE = 3  #: loss, slope or curvature is NaN or infinite.
   NOT_DESCENT = 4  #: mean slope ≥ 0: on average u does not go downhill.
   NON_POSITIVE_CURVATURE = 5  #: mean curvature is zero: no minimum along u.
   POOR_FIT = 6  #: probe fit's R² below ``min_r2`` (more than three points).
@@ -503,16 +503,13 @@ def gen(
     # Per unit length of u, so that the means do not depend on its norm (a
     # momentum buffer's norm grows ~10x in its first steps); |c|: a concave
     # direction is measured by its magnitude (as saddle-free Newton does).
+    # A discarded measurement leaves the means as they are.
     safe_norm = jnp.where(measured, norm, 1)
-    unit_slope = jnp.where(measured, slope / safe_norm, 0)
-    unit_curvature = jnp.where(measured, jnp.abs(curvature) / safe_norm**2, 0)
-    mean = lambda old, new: smoothing * old + (1 - smoothing) * new  # noqa: E731
-    mean_slope = jnp.where(
-      measured, mean(state.mean_slope, unit_slope), state.mean_slope
+    mean = lambda old, new: jnp.where(  # noqa: E731
+      measured, smoothing * old + (1 - smoothing) * new, old
     )
-    mean_curvature = jnp.where(
-      measured, mean(state.mean_curvature, unit_curvature), state.mean_curvature
-    )
+    mean_slope = mean(state.mean_slope, slope / safe_norm)
+    mean_curvature = mean(state.mean_curvature, jnp.abs(curvature) / safe_norm**2)
     status = jnp.select(
       [~measured, mean_slope >= 0, mean_curvature <= 0],
       [discard, Status.NOT_DESCENT, Status.NON_POSITIVE_CURVATURE],
