@@ -52,8 +52,8 @@ def multi_device_check(steps: int = 5) -> None:
     "v": jax.random.normal(jax.random.key(2), (128,)) / 12,
   }
   x, y = data(n, steps)
-  # No warm-up cap, so that α is the measured one (what must agree).
-  tx = gen_optax.gen(optax.adam(1.0), warmup_growth=None)
+  # No growth bounds, so that α is the measured one (what must agree).
+  tx = gen_optax.gen(optax.adam(1.0), warmup_growth=None, max_growth=None)
   reference = single_device_alpha(params, x, y, tx)
 
   @jax.jit
@@ -77,7 +77,9 @@ def multi_device_check(steps: int = 5) -> None:
     f" {time.perf_counter() - start:.2f}s incl. compile)"
   )
 
-  mapped = gen_optax.gen(optax.adam(1.0), axis_name="data", warmup_growth=None)
+  mapped = gen_optax.gen(
+    optax.adam(1.0), axis_name="data", warmup_growth=None, max_growth=None
+  )
 
   @jax.jit
   @functools.partial(

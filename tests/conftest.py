@@ -42,9 +42,14 @@ def quadratic(a: np.ndarray, b: np.ndarray) -> Callable[[jax.Array], jax.Array]:
 
 
 def wide_open(**overrides: Any) -> dict[str, Any]:
-  """gen() settings under which α = α* exactly (no smoothing, trust, cap, clamp)."""
+  """gen() settings under which α = α* exactly (no smoothing, bounds or clamp)."""
   settings: dict[str, Any] = dict(
-    smoothing=0.0, trust_ratio=None, warmup_growth=None, lr_min=1e-12, lr_max=1e12
+    smoothing=0.0,
+    trust_ratio=None,
+    warmup_growth=None,
+    max_growth=None,
+    lr_min=1e-12,
+    lr_max=1e12,
   )
   settings.update(overrides)
   return settings

@@ -105,16 +105,17 @@ def test_step_is_invariant_to_the_inner_learning_rate(x64, mode, make_inner):
 # --- the learning-rate rule ---------------------------------------------------
 
 
-def test_running_means_trust_ratio_and_warmup(x64):
+def test_running_means_and_growth_bounds(x64):
   """α against an independent re-implementation of the documented rule.
 
   The curvature scale and the norm of u change at every step, one measurement
-  is concave, and the trust ratio and the warm-up cap both bind.
+  is concave; the warm-up cap, then the trust ratio (falling) and the slow
+  growth after the warm-up (rising) all bind.
   """
   a, b = spd_matrix(4, condition=20.0), np.arange(1.0, 5.0)
-  gamma, rho, growth, init = 0.7, 1.5, 1.6, 0.05
-  norms = [1.0, 3.0, 0.5, 2.0, 1.0, 10.0]
-  scales = [1.0, 30.0, -1.0, 1.0, 1.0 / 30, 1.0]
+  gamma, rho, growth, max_growth, init = 0.7, 1.5, 1.4, 1.1, 0.01
+  norms = [1.0, 3.0, 0.5, 2.0, 1.0, 10.0, 1.0, 1.0]
+  scales = [1.0, 1.0, 30.0, -1.0, 1.0 / 30, 1.0, 0.1, 0.1]
   inner = optax.chain(
     optax.sgd(1.0), optax.scale_by_schedule(lambda t: jnp.asarray(norms)[t])
   )
@@ -123,14 +124,15 @@ def test_running_means_trust_ratio_and_warmup(x64):
     smoothing=gamma,
     trust_ratio=rho,
     warmup_growth=growth,
+    max_growth=max_growth,
     init_learning_rate=init,
     lr_max=1e3,
   )
   theta = jnp.arange(4.0)
   state = tx.init(theta)
   mean_s = mean_c = 0.0
-  expected = init
-  for n, (norm, scale) in enumerate(zip(norms, scales, strict=True), start=1):
+  expected, warming, binding = init, True, set()
+  for n, (norm, scale) in enumerate(zip(norms, scales, strict=True)):
     loss = quadratic(scale * a, b)
     g = np.asarray(jax.grad(loss)(theta))
     u = -norm * g
@@ -141,11 +143,18 @@ def test_running_means_trust_ratio_and_warmup(x64):
     mean_s = gamma * mean_s + (1 - gamma) * s / u_norm
     mean_c = gamma * mean_c + (1 - gamma) * abs(c) / u_norm**2
     estimate = -mean_s / (mean_c * u_norm)
-    if n > 1:
+    if n > 0 and not expected / rho <= estimate <= expected * rho:
       estimate = np.clip(estimate, expected / rho, expected * rho)
-    expected = min(estimate, init * growth**n)
+      binding.add("trust ratio")
+    bound = init * growth ** (n + 1) if warming else max_growth * expected
+    if estimate >= bound:
+      binding.add("warm-up" if warming else "max growth")
+      estimate = bound
+    warming = warming and estimate == bound
+    expected = estimate
     np.testing.assert_allclose(state.learning_rate, expected, rtol=1e-10)
-  assert int(state.info.num_accepted) == len(norms)
+  assert binding == {"warm-up", "trust ratio", "max growth"}
+  assert not warming and int(state.info.num_accepted) == len(norms)
 
 
 def test_step_length_follows_the_norm_of_u_at_once(x64):
@@ -186,6 +195,37 @@ def test_warmup_caps_alpha_geometrically(x64, growth):
     np.testing.assert_allclose(
       state.learning_rate, min(1.0, 1e-3 * growth**n), rtol=1e-10
     )
+
+
+def test_discarded_refresh_does_not_advance_or_end_the_warmup(x64):
+  """The cap counts accepted estimates: a NaN batch leaves α on the cap."""
+  a, b = spd_matrix(3, condition=10.0), np.ones(3)
+  loss = quadratic(a, b)
+  tx = gen_optax.gen(
+    newton_direction(a), **wide_open(warmup_growth=2.0, max_growth=1.01)
+  )
+  theta = jnp.full(3, 2.0)
+  state, g = tx.init(theta), jax.grad(loss)(theta)
+  nan_loss = lambda p: loss(p) + jnp.nan  # noqa: E731
+  for value_fn, accepted in [(loss, 1), (nan_loss, 1), (loss, 2), (loss, 3)]:
+    _, state = tx.update(g, state, theta, value_fn=value_fn)
+    np.testing.assert_allclose(state.learning_rate, 1e-3 * 2.0**accepted)
+
+
+def test_growth_after_the_first_estimate_is_bounded_by_max_growth(x64):
+  """Without a warm-up the first α* is taken as is; then α rises by at most r
+  per refresh while α* rises tenfold, and falls at once when α* falls."""
+  a, b = spd_matrix(3), np.ones(3)
+  theta = jnp.zeros(3)
+  tx = gen_optax.gen(optax.sgd(1.0), **wide_open(max_growth=1.5))
+  state, alphas = tx.init(theta), []
+  for scale in [1.0, 0.1, 0.01, 0.001, 1.0]:
+    loss = quadratic(scale * a, b)
+    _, state = tx.update(jax.grad(loss)(theta), state, theta, value_fn=loss)
+    alphas.append(float(state.learning_rate))
+  g = np.ones(3)  # the gradient at θ = 0 for every scale: −b
+  cauchy = float(g @ g / (g @ a @ g))
+  np.testing.assert_allclose(alphas, cauchy * np.array([1, 1.5, 2.25, 3.375, 1]))
 
 
 def test_concave_direction_is_measured_by_its_curvature_magnitude(x64):
@@ -519,6 +559,8 @@ def test_axis_name_makes_replicas_agree():
     (dict(smoothing=1.0), ValueError, "smoothing=1.0"),
     (dict(smoothing=-0.1), ValueError, "smoothing=-0.1"),
     (dict(trust_ratio=0.5), ValueError, "trust_ratio=0.5"),
+    (dict(warmup_growth=1.0), ValueError, "warmup_growth=1.0"),
+    (dict(max_growth=0.9), ValueError, "max_growth=0.9"),
     (dict(mode="newton"), ValueError, "mode='newton'"),
     (dict(slope_from="batch"), ValueError, "slope_from='batch'"),
     (dict(refresh_every=0), ValueError, "refresh_every=0"),

@@ -72,8 +72,8 @@ def _train(params, x, y, tx, place=lambda tree, spec: tree, specs=None):
 )
 def test_sharded_jit_matches_single_device(mesh_shape, axis_type, param_specs, mode):
   params, x, y = _problem()
-  # No warm-up cap: α then comes from the measurements, which must agree.
-  tx = gen_optax.gen(optax.adam(1.0), mode=mode, warmup_growth=None)
+  # No growth bounds: α then comes from the measurements, which must agree.
+  tx = gen_optax.gen(optax.adam(1.0), mode=mode, warmup_growth=None, max_growth=None)
   single = _train(params, x, y, tx)
 
   axis_types = None if axis_type is None else (axis_type, axis_type)
@@ -108,8 +108,10 @@ def _replicas(axis_name):
   """Per-device training with shard_map; returns every replica's params and α."""
   params, x, y = _problem()
   mesh = jax.make_mesh((8,), ("data",))
-  # No warm-up cap: it would give every replica the same α regardless.
-  tx = gen_optax.gen(optax.adam(1.0), axis_name=axis_name, warmup_growth=None)
+  # No growth bounds: they could give every replica the same α regardless.
+  tx = gen_optax.gen(
+    optax.adam(1.0), axis_name=axis_name, warmup_growth=None, max_growth=None
+  )
 
   @jax.jit
   @functools.partial(
