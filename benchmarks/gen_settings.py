@@ -7,7 +7,8 @@ prints each final training loss over the best grid's in
 for the SGD inners), the per-seed losses and α at steps 100, 200 and the end.
 This is how the rows of the rule table in ``docs/method.md`` were screened.
 
-Run: ``python benchmarks/gen_settings.py --settings '{"smoothing": 0.95}'``
+Run: ``python benchmarks/gen_settings.py --settings '{"smoothing": 0.95}'``;
+a number for ``multiplier`` stands for a constant schedule.
 """
 
 import argparse
@@ -15,6 +16,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import optax
 import quality
 
 import gen_optax
@@ -44,6 +46,9 @@ def main() -> None:
   saved = json.loads(args.grids.read_text())
   best = {(r["problem"], r["family"]): r["final_loss"] for r in saved["rows"]}
   print(f"gen settings: {args.settings or 'defaults'}")
+  if isinstance(args.settings.get("multiplier"), (int, float)):
+    # A number in JSON stands for a constant multiplier schedule.
+    args.settings["multiplier"] = optax.constant_schedule(args.settings["multiplier"])
   for name in args.problems:
     problem = quality.PROBLEMS[name]()
     for inner_name in args.inners:
