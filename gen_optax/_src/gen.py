@@ -347,7 +347,8 @@ def gen(
     trust_ratio: :math:`\rho \geq 1`, bounds the change of α per refresh to a
       factor of :math:`\rho`; ``None`` disables it.
     warmup_growth: :math:`g > 1`, growth per refresh of the warm-up cap
-      :math:`\alpha_0 g^n`; ``None`` disables the warm-up.
+      :math:`\alpha_0 g^n`; ``None`` disables the warm-up.  Keep it below
+      ``trust_ratio``, which would otherwise end the warm-up at once.
     max_growth: :math:`r \geq 1`, the most α may grow per refresh after the
       warm-up; ``None`` leaves only ``trust_ratio`` to bound it.
     refresh_every: recompute α every this many steps; steps in between reuse
