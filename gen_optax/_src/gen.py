@@ -483,10 +483,22 @@ def gen(
       slope = gradient_slope
     return loss, slope, curvature, fit_r2
 
-  def growth_bound(learning_rate: jax.Array, num_accepted: jax.Array) -> jax.Array:
-    """Upper bound on the next α: the warm-up cap, then slow growth."""
+  def bounds(
+    learning_rate: jax.Array, num_accepted: jax.Array
+  ) -> tuple[jax.Array, jax.Array]:
+    """(lower, upper) bound on the next α, before the clamp to [lr_min, lr_max].
+
+    The trust ratio bounds both ways; the upper bound is also the warm-up cap
+    while α climbs it, then max_growth.  The first accepted estimate is bound
+    by the warm-up cap alone: init_learning_rate is a guess, not a measurement.
+    """
     dtype = learning_rate.dtype
     inf = jnp.asarray(jnp.inf, dtype)
+    first = num_accepted == 0
+    lower, upper = -inf, inf
+    if trust_ratio is not None:
+      lower = jnp.where(first, -inf, learning_rate / trust_ratio)
+      upper = jnp.where(first, inf, learning_rate * trust_ratio)
     climbing, warmup_cap = jnp.asarray(False), inf
     if warmup_growth is not None:
       growth = jnp.asarray(warmup_growth, dtype)
@@ -495,12 +507,11 @@ def gen(
       # The warm-up starts with the first estimate and lasts while α sits on
       # the cap (up to rounding of the power); once an estimate falls below
       # it, α is past its warm-up.
-      climbing = (num_accepted == 0) | (learning_rate >= previous_cap * (1 - 1e-4))
+      climbing = first | (learning_rate >= previous_cap * (1 - 1e-4))
     after = inf
     if max_growth is not None:
-      # The first estimate without a warm-up is taken as it comes.
-      after = jnp.where(num_accepted == 0, inf, learning_rate * max_growth)
-    return jnp.where(climbing, warmup_cap, after)
+      after = jnp.where(first, inf, learning_rate * max_growth)
+    return lower, jnp.minimum(upper, jnp.where(climbing, warmup_cap, after))
 
   def next_learning_rate(
     state: GeNState,
@@ -563,13 +574,9 @@ def gen(
     # Both means start at zero with the same weights: their ratio needs no
     # bias correction, and the first one is the batch's own α*.
     estimate = -mean_slope / jnp.where(accepted, mean_curvature * safe_norm, 1)
-    first = info.num_accepted == 0
-    if trust_ratio is not None:
-      trusted = jnp.clip(
-        estimate, learning_rate / trust_ratio, learning_rate * trust_ratio
-      )
-      estimate = jnp.where(first, estimate, trusted)
-    estimate = jnp.minimum(estimate, growth_bound(learning_rate, info.num_accepted))
+    lower, upper = bounds(learning_rate, info.num_accepted)
+    # The upper bound wins when the two cross (a warm-up cap under α/ρ).
+    estimate = jnp.minimum(jnp.maximum(estimate, lower), upper)
     estimate = jnp.clip(estimate, lr_min, lr_max)
     new_info = GeNInfo(
       raw_learning_rate=-slope / curvature,
