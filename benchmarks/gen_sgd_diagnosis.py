@@ -1,4 +1,4 @@
-"""Why plain GeN-SGD stalls on quality.py's CNN: its α against curvatures.
+"""Why plain GeN-SGD stalls on quality.py's digits CNN: its α against curvatures.
 
 Trains GeN-SGD (defaults, ``value_fn`` on an independent batch, seed 0) on
 the digits CNN of ``quality.py`` and at a few steps prints, on the full
@@ -17,6 +17,7 @@ import numpy as np
 import optax
 import quality
 from jax.flatten_util import ravel_pytree
+from quality_problems import PROBLEMS
 
 import gen_optax
 
@@ -24,9 +25,9 @@ STEPS, CHECKS, PAIRS = 300, (20, 35, 50, 100, 200, 299), 32
 
 
 def main() -> None:
-  problem = quality.PROBLEMS["cnn"]()
+  problem = PROBLEMS["digits-cnn"]()
   x, y = problem.train
-  batches = quality._batch_indices(problem, STEPS, seed=0)
+  batches = quality.batch_indices(problem, STEPS, seed=0)
   tx = gen_optax.gen(optax.sgd(1.0))
   params = problem.init(jax.random.key(0))
   state = tx.init(params)

@@ -1,47 +1,44 @@
-"""Does GeN find a learning rate as good as a tuned one?  Four offline problems.
+"""Does GeN find learning rates as good as tuned ones, on problems it was not tuned on?
 
-Problems (data ship with scikit-learn or Python; nothing is downloaded):
+Ten offline problems of different kinds (``quality_problems.py``), split once
+and for all into a *selection* half, on which defaults may be screened, and a
+*report* half, on which they are only reported.
 
-* ``cnn``: a small CNN on the digits images, batch 64;
-* ``mlp``: an MLP regression on the diabetes data, full batch;
-* ``convex``: logistic regression on the breast-cancer data, batch 32;
-* ``lm``: a one-layer character transformer on the Python standard library's
-  own source text, batch 32.
+Methods, every one on the same batches and seeds:
 
-Methods: GeN-SGD, GeN-SGD-momentum, GeN-AdamW (library defaults; ``value_fn``
-on an independent batch, as recommended), GeN-AdamW with the paper's
-horizon-aware cosine ``multiplier``, a 9-point log grid (1e-4 ... 1) of
-constant learning rates for SGD-momentum and AdamW, and the learning-rate-free
-peers in optax.  Every seed and grid point uses the same batches; one jitted
-step per method and problem.
+* GeN-AdamW and GeN-SGD-momentum with the library's defaults, each in the two
+  loops users write: ``value_fn`` on the gradient's own batch (the loop written
+  first, as optax's line searches take it) and on an independent batch;
+* the baselines people tune, for AdamW and SGD-momentum: a 9-point log grid
+  (1e-4 ... 1) of constant rates, and a 9-point grid of peak rates with a 5%
+  linear warm-up and cosine decay to 0;
+* the learning-rate-free peers in optax.
 
-Output: per problem and method the final training loss (full training set,
-mean over seeds), the held-out metric, the rank; the mean rank; a figure per
-problem; and a JSON file.
+Output, per problem: each method's final training loss (full training set,
+mean over seeds; grids at their best rate), the held-out metric, the rank
+among all methods and among the learning-rate-free ones; GeN's ratios to the
+best constant and best cosine rate of its inner optimizer; a figure.  Then per
+half: worst and median ratio, mean ranks.  Everything goes to ``quality.json``;
+``report.py`` renders the tables of docs/benchmarks.md from it.
 
-Run: ``python benchmarks/quality.py --out benchmarks/results`` (about 15 minutes
-on 2 CPU cores); ``--quick`` is the smoke test the suite runs.
+Run: ``python benchmarks/quality.py --out benchmarks/results`` (about 30
+minutes on 2 CPU cores); ``--quick`` (a quarter of the steps, 1 seed) takes
+about 2 minutes per problem; ``--steps 3`` is the smoke test the suite runs.
 """
 
 import argparse
-import inspect
 import json
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import matplotlib
 import numpy as np
 import optax
-from models import TransformerLM
-from sklearn.datasets import load_breast_cancer, load_diabetes, load_digits
-from sklearn.model_selection import train_test_split
-from sklearn.preprocessing import StandardScaler
+from quality_problems import PROBLEMS, SPLIT, Problem
 
 import gen_optax
 
@@ -49,143 +46,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 GRID = np.logspace(-4, 0, 9)
-
-
-class Problem(NamedTuple):
-  """A model, its data and its metrics."""
-
-  name: str
-  init: Callable[[jax.Array], Any]  # key -> params
-  loss: Callable[[Any, Any], jax.Array]  # (params, batch) -> scalar
-  train: Any  # (x, y) arrays
-  test: Any
-  metric: Callable[[Any, Any], jax.Array]  # (params, data) -> held-out metric
-  metric_name: str
-  batch_size: int | None  # None: full batch
-
-
-def _split(x, y, seed=0):
-  x_train, x_test, y_train, y_test = train_test_split(
-    x, y, test_size=0.25, random_state=seed
-  )
-  return (jnp.asarray(x_train), jnp.asarray(y_train)), (
-    jnp.asarray(x_test),
-    jnp.asarray(y_test),
-  )
-
-
-def _classifier(module: nn.Module, x_shape) -> tuple[Callable, Callable, Callable]:
-  def init(key):
-    return module.init(key, jnp.zeros((1, *x_shape)))
-
-  def loss(params, batch):
-    x, y = batch
-    logits = module.apply(params, x)
-    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-
-  def accuracy(params, data):
-    x, y = data
-    return jnp.mean(jnp.argmax(module.apply(params, x), -1) == y)
-
-  return init, loss, accuracy
-
-
-class SmallCNN(nn.Module):
-  @nn.compact
-  def __call__(self, x):
-    x = nn.gelu(nn.Conv(16, (3, 3))(x))
-    x = nn.avg_pool(nn.gelu(nn.Conv(32, (3, 3))(x)), (2, 2), (2, 2))
-    x = nn.gelu(nn.Dense(64)(x.reshape(x.shape[0], -1)))
-    return nn.Dense(10)(x)
-
-
-class RegressionMLP(nn.Module):
-  @nn.compact
-  def __call__(self, x):
-    x = nn.tanh(nn.Dense(64)(x))
-    x = nn.tanh(nn.Dense(64)(x))
-    return nn.Dense(1)(x)[:, 0]
-
-
-def cnn_problem() -> Problem:
-  x, y = load_digits(return_X_y=True)
-  train, test = _split((x / 16.0).reshape(-1, 8, 8, 1).astype(np.float32), y)
-  init, loss, accuracy = _classifier(SmallCNN(), (8, 8, 1))
-  return Problem("cnn", init, loss, train, test, accuracy, "test accuracy", 64)
-
-
-def mlp_problem() -> Problem:
-  x, y = load_diabetes(return_X_y=True)
-  x = StandardScaler().fit_transform(x).astype(np.float32)
-  y = ((y - y.mean()) / y.std()).astype(np.float32)
-  train, test = _split(x, y)
-  module = RegressionMLP()
-
-  def loss(params, batch):
-    return jnp.mean((module.apply(params, batch[0]) - batch[1]) ** 2)
-
-  return Problem(
-    "mlp",
-    lambda key: module.init(key, jnp.zeros((1, 10))),
-    loss,
-    train,
-    test,
-    loss,
-    "test MSE",
-    None,
-  )
-
-
-def convex_problem() -> Problem:
-  x, y = load_breast_cancer(return_X_y=True)
-  x = StandardScaler().fit_transform(x).astype(np.float32)
-  train, test = _split(x, y)
-
-  def init(key):
-    del key  # convex: one optimum, start at zero
-    return {"w": jnp.zeros(30), "b": jnp.zeros(())}
-
-  def loss(params, batch):
-    logits = batch[0] @ params["w"] + params["b"]
-    return optax.sigmoid_binary_cross_entropy(logits, batch[1]).mean()
-
-  def accuracy(params, data):
-    return jnp.mean(((data[0] @ params["w"] + params["b"]) > 0) == data[1])
-
-  return Problem("convex", init, loss, train, test, accuracy, "test accuracy", 32)
-
-
-def lm_problem(length: int = 32, chars: int = 60_000) -> Problem:
-  # The text: Python's own standard library sources, which ship with Python.
-  text = inspect.getsource(os) + inspect.getsource(argparse) + inspect.getsource(json)
-  codes = np.frombuffer(text[:chars].encode("ascii", "replace"), np.uint8) % 128
-  windows = np.lib.stride_tricks.sliding_window_view(codes, length + 1)[:: length // 2]
-  train, test = _split(windows.astype(np.int32), np.zeros(len(windows)))
-  module = TransformerLM(vocab=128, dim=64, layers=1, heads=4, length=length)
-
-  def loss(params, batch):
-    tokens = batch[0]
-    logits = module.apply(params, tokens[:, :-1])
-    return optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:]).mean()
-
-  return Problem(
-    "lm",
-    lambda key: module.init(key, jnp.zeros((1, length), jnp.int32)),
-    loss,
-    train,
-    test,
-    loss,
-    "test loss (nats/char)",
-    32,
-  )
-
-
-PROBLEMS = {
-  "cnn": cnn_problem,
-  "mlp": mlp_problem,
-  "convex": convex_problem,
-  "lm": lm_problem,
-}
+WARMUP_FRACTION = 0.05
 
 
 class Method(NamedTuple):
@@ -193,47 +54,64 @@ class Method(NamedTuple):
 
   name: str
   make: Callable[[Any], optax.GradientTransformation]
-  family: str  # "gen", "grid-sgdm", "grid-adamw", "peer"
-  needs_value_fn: bool = False
+  family: Literal["gen", "grid", "peer"]
+  inner: str | None = None  # the GEN_INNERS key of GeN rows and grids
+  schedule: Literal["constant", "cosine"] | None = None  # grids only
+  # GeN: which batch value_fn closes over.
+  value_fn_batch: Literal["own", "independent"] | None = None
   needs_value: bool = False
   eval_params: Callable[[Any, Any], Any] | None = None  # (state, params) -> params
 
 
-# The optimizers GeN wraps, at inner learning rate 1 (α is then the rate).
+# The optimizers GeN wraps, at inner learning rate 1 (α is then the rate); the
+# grids build the same optimizers with their own rate.
+INNERS: dict[str, Callable[[Any], optax.GradientTransformation]] = {
+  "adamw": lambda lr: optax.adamw(lr, weight_decay=1e-4),
+  "sgd-momentum": lambda lr: optax.sgd(lr, momentum=0.9),
+}
 GEN_INNERS: dict[str, Callable[[], optax.GradientTransformation]] = {
   "sgd": lambda: optax.sgd(1.0),
-  "sgd-momentum": lambda: optax.sgd(1.0, momentum=0.9),
-  "adamw": lambda: optax.adamw(1.0, weight_decay=1e-4),
+  **{name: (lambda make=make: make(1.0)) for name, make in INNERS.items()},
 }
+LABEL = {"adamw": "AdamW", "sgd-momentum": "SGD-m", "sgd": "SGD"}
+LOOPS = {"own": "own batch", "independent": "independent batch"}
+
+
+def warmup_cosine(peak: Any, steps: int) -> optax.Schedule:
+  """5% linear warm-up from 0 to ``peak``, then cosine decay to 0."""
+  unit = optax.warmup_cosine_decay_schedule(
+    0.0, 1.0, max(1, int(WARMUP_FRACTION * steps)), steps, 0.0
+  )
+  return lambda t: peak * unit(t)  # peak may be traced (one compilation)
+
+
+def gen_method(inner: str, loop: str, **settings: Any) -> Method:
+  """GeN around ``GEN_INNERS[inner]`` with ``value_fn`` on the ``loop`` batch."""
+  tx = gen_optax.gen(GEN_INNERS[inner](), **settings)
+  return Method(
+    f"GeN-{LABEL[inner]} ({LOOPS[loop]})",
+    lambda lr: tx,
+    "gen",
+    inner=inner,
+    value_fn_batch=loop,  # type: ignore[arg-type]
+  )
 
 
 def methods(steps: int) -> list[Method]:
-  def gen(inner, **settings):
-    return lambda lr: gen_optax.gen(GEN_INNERS[inner](), **settings)
-
-  return [
-    Method("GeN-SGD", gen("sgd"), "gen", needs_value_fn=True),
-    Method("GeN-SGD-momentum", gen("sgd-momentum"), "gen", needs_value_fn=True),
-    Method("GeN-AdamW", gen("adamw"), "gen", needs_value_fn=True),
-    # The paper's horizon-aware variant: the step is m(t)·α·u, m a cosine.
-    Method(
-      "GeN-AdamW, cosine multiplier",
-      gen("adamw", multiplier=optax.cosine_decay_schedule(1.0, steps)),
-      "gen",
-      needs_value_fn=True,
-    ),
-    Method(
-      "SGD-momentum grid",
-      optax.inject_hyperparams(lambda learning_rate: optax.sgd(learning_rate, 0.9)),
-      "grid-sgdm",
-    ),
-    Method(
-      "AdamW grid",
-      optax.inject_hyperparams(
-        lambda learning_rate: optax.adamw(learning_rate, weight_decay=1e-4)
-      ),
-      "grid-adamw",
-    ),
+  gen_rows = [gen_method(i, loop) for i in INNERS for loop in LOOPS]
+  grids = []
+  for inner, make in INNERS.items():
+    grids.append(Method(f"{LABEL[inner]} constant", make, "grid", inner, "constant"))
+    grids.append(
+      Method(
+        f"{LABEL[inner]} cosine",
+        lambda lr, make=make: make(warmup_cosine(lr, steps)),
+        "grid",
+        inner,
+        "cosine",
+      )
+    )
+  peers = [
     Method("prodigy", lambda lr: optax.contrib.prodigy(), "peer"),
     Method("dadapt_adamw", lambda lr: optax.contrib.dadapt_adamw(), "peer"),
     Method("dog", lambda lr: optax.contrib.dog(), "peer"),
@@ -254,24 +132,27 @@ def methods(steps: int) -> list[Method]:
       needs_value=True,
     ),
   ]
+  return gen_rows + grids + peers
 
 
-def _batch_indices(problem: Problem, steps: int, seed: int) -> np.ndarray:
-  """Per step, the gradient's batch and an independent one for value_fn."""
+def batch_indices(problem: Problem, steps: int, seed: int) -> np.ndarray:
+  """(steps, 2, batch): per step the gradient's batch and an independent one."""
   n = len(problem.train[0])
-  size = problem.batch_size or n
-  rng = np.random.default_rng(seed)
   if problem.batch_size is None:
-    return np.broadcast_to(np.arange(n), (steps, 2, n))
+    return np.broadcast_to(np.arange(n, dtype=np.int32), (steps, 2, n))
+  rng = np.random.default_rng(seed)
   return np.stack(
-    [[rng.choice(n, size, replace=False) for _ in range(2)] for _ in range(steps)]
-  )
+    [
+      [rng.choice(n, problem.batch_size, replace=False) for _ in range(2)]
+      for _ in range(steps)
+    ]
+  ).astype(np.int32)
 
 
 def train(problem: Problem, method: Method, steps: int, seeds: int) -> dict[str, Any]:
-  """Runs every (seed, learning rate) of a method at once; returns histories."""
-  lrs = GRID if method.family.startswith("grid") else np.array([np.nan])
-  indices = np.stack([_batch_indices(problem, steps, s) for s in range(seeds)])
+  """Runs every (seed, learning rate) of a method; returns their histories."""
+  lrs = GRID if method.family == "grid" else np.array([np.nan])
+  indices = np.stack([batch_indices(problem, steps, s) for s in range(seeds)])
 
   def init(seed: jax.Array, lr: jax.Array):
     params = problem.init(jax.random.key(seed))
@@ -279,108 +160,200 @@ def train(problem: Problem, method: Method, steps: int, seeds: int) -> dict[str,
 
   def step(params, state, lr: jax.Array, idx_t: jax.Array):
     tx = method.make(lr)
-    batch = jax.tree.map(lambda a: a[idx_t[0]], problem.train)
-    fresh = jax.tree.map(lambda a: a[idx_t[1]], problem.train)
+    batch, other = (jax.tree.map(lambda a, i=i: a[i], problem.train) for i in idx_t)
     value, grads = jax.value_and_grad(problem.loss)(params, batch)
     extra: dict[str, Any] = {}
-    if method.needs_value_fn:
-      extra["value_fn"] = lambda p: problem.loss(p, fresh)
+    if method.value_fn_batch is not None:
+      seen = batch if method.value_fn_batch == "own" else other
+      extra["value_fn"] = lambda p: problem.loss(p, seen)
     if method.needs_value:
       extra["value"] = value
     updates, state = tx.update(grads, state, params, **extra)
     params = optax.apply_updates(params, updates)
-    lr_t = (
-      optax.tree.get(state, "learning_rate")
-      if method.family == "gen"
-      else jnp.asarray(jnp.nan)
-    )
-    return params, state, value, lr_t
+    rate = state.learning_rate if method.family == "gen" else jnp.asarray(jnp.nan)
+    return params, state, value, rate
 
   def finish(params, state):
     if method.eval_params is not None:
       params = method.eval_params(state, params)
     return problem.loss(params, problem.train), problem.metric(params, problem.test)
 
-  # Runs one after the other through one jitted step (lr is an argument: one
-  # compilation per method). Neither lax.scan nor vmap: XLA:CPU runs convolutions
-  # inside loop bodies several times slower (jax-ml/jax#12868), and vmapping
-  # a convolution over parameters turns it into a slow grouped convolution.
-  init_jit, step_jit, finish_jit = jax.jit(init), jax.jit(step), jax.jit(finish)
   start = time.perf_counter()
-  shape = (seeds, len(lrs))
-  final, metric = np.zeros(shape), np.zeros(shape)
-  losses, lr_trace = np.zeros((*shape, steps)), np.zeros((*shape, steps))
-  for seed in range(seeds):
-    for j, lr in enumerate(jnp.asarray(lrs, jnp.float32)):
+  seed_of = np.repeat(np.arange(seeds), len(lrs))
+  lr_of = jnp.asarray(np.tile(lrs, seeds), jnp.float32)
+  if problem.vectorize:
+    # All (seed, lr) runs at once: vmap over runs, lax.scan over steps.
+    def run(seed, lr, idx):
+      params, state = init(seed, lr)
+
+      def body(carry, idx_t):
+        params, state, value, rate = step(*carry, lr, idx_t)
+        return (params, state), (value, rate)
+
+      (params, state), (values, rates) = jax.lax.scan(body, (params, state), idx)
+      return (*finish(params, state), values, rates)
+
+    outputs = jax.jit(jax.vmap(run))(jnp.asarray(seed_of), lr_of, indices[seed_of])
+    final, metric, losses, rates = (np.asarray(x) for x in outputs)
+  else:
+    # One run after another through one jitted step (see Problem.vectorize);
+    # the indices stay on the host.
+    init_jit, step_jit, finish_jit = jax.jit(init), jax.jit(step), jax.jit(finish)
+    final, metric = np.zeros(len(lr_of)), np.zeros(len(lr_of))
+    losses, rates = np.zeros((len(lr_of), steps)), np.zeros((len(lr_of), steps))
+    for run_index, (seed, lr) in enumerate(zip(seed_of, lr_of, strict=True)):
       params, state = init_jit(jnp.asarray(seed), lr)
-      values, rates = [], []
-      for t in range(steps):  # indices stay on the host: no per-step dispatch
-        params, state, value, lr_t = step_jit(params, state, lr, indices[seed, t])
-        values.append(value)
-        rates.append(lr_t)
-      final[seed, j], metric[seed, j] = finish_jit(params, state)
-      losses[seed, j], lr_trace[seed, j] = np.asarray(values), np.asarray(rates)
-  seconds = time.perf_counter() - start
-  final = np.where(np.isfinite(final), final, np.inf)  # (seeds, lrs)
+      history = []
+      for t in range(steps):
+        params, state, value, rate = step_jit(params, state, lr, indices[seed, t])
+        history.append((value, rate))
+      final[run_index], metric[run_index] = finish_jit(params, state)
+      losses[run_index], rates[run_index] = np.asarray(history).T
+  shape = (seeds, len(lrs))
+  final = final.reshape(shape)
   return {
     "lrs": lrs,
-    "losses": np.asarray(losses),  # (seeds, lrs, steps) minibatch losses
-    "lr_trace": np.asarray(lr_trace),
-    "final": final,
-    "metric": np.asarray(metric),
-    "seconds": seconds,
+    "final": np.where(np.isfinite(final), final, np.inf),  # (seeds, lrs)
+    "metric": metric.reshape(shape),
+    "losses": losses.reshape(*shape, steps),  # minibatch losses
+    "rates": rates.reshape(*shape, steps),  # GeN's α
+    "seconds": time.perf_counter() - start,
   }
 
 
-def summarize(problem: Problem, results: dict[str, dict[str, Any]]) -> list[dict]:
-  """One row per method: grids report their best learning rate."""
+def _rank(rows: list[dict], key: str) -> None:
+  order = np.argsort([row["final_loss"] for row in rows], kind="stable")
+  for rank, i in enumerate(order, start=1):
+    rows[i][key] = rank
+
+
+def summarize(problem: Problem, runs: dict[str, dict], table: list[Method]) -> list:
+  """One row per method (grids at their best rate), ranked, with GeN's ratios."""
   rows = []
-  for name, r in results.items():
+  for method in table:
+    r = runs[method.name]
     mean_final = r["final"].mean(axis=0)  # over seeds, per lr
     best = int(np.argmin(mean_final))
+    grid = method.family == "grid"
     rows.append(
       {
         "problem": problem.name,
-        "method": (
-          name if len(r["lrs"]) == 1 else f"{name} (best lr={r['lrs'][best]:.0e})"
-        ),
-        "family": name,
+        "split": problem.split,
+        "method": method.name,
+        "family": method.family,
+        "inner": method.inner,
+        "schedule": method.schedule,
+        "loop": method.value_fn_batch,
         "final_loss": float(mean_final[best]),
         "final_loss_seeds": r["final"][:, best].tolist(),
         "metric": float(r["metric"][:, best].mean()),
-        "best_lr": None if len(r["lrs"]) == 1 else float(r["lrs"][best]),
+        "best_lr": float(r["lrs"][best]) if grid else None,
+        # A best rate on the grid's edge means the grid may be too narrow.
+        "best_lr_at_edge": bool(grid and best in (0, len(r["lrs"]) - 1)),
         "seconds": r["seconds"],
       }
     )
-  order = np.argsort([row["final_loss"] for row in rows], kind="stable")
-  for rank, i in enumerate(order, start=1):
-    rows[i]["rank"] = rank
+  for row in rows:
+    if row["family"] == "gen":
+      # α at a quarter, half and the end of the run (median over seeds).
+      rates = runs[row["method"]]["rates"][:, 0]
+      steps = rates.shape[-1]
+      row["median_rate_at"] = {
+        str(s): float(np.median(rates[:, s - 1]))
+        for s in (steps // 4, steps // 2, steps)
+      }
+  _rank(rows, "rank")
+  _rank([row for row in rows if row["family"] != "grid"], "lr_free_rank")
+  for row in rows:
+    if row["family"] == "gen":
+      for schedule in ("constant", "cosine"):
+        grid = next(
+          g
+          for g in rows
+          if g["family"] == "grid"
+          and g["inner"] == row["inner"]
+          and g["schedule"] == schedule
+        )
+        row[f"over_best_{schedule}"] = row["final_loss"] / grid["final_loss"]
   return rows
 
 
-def plot(problem: Problem, results: dict[str, dict[str, Any]], rows, out: Path) -> Path:
+def overall(rows: list[dict]) -> dict[str, Any]:
+  """Per half ("select", "report", "all"): GeN's worst and median ratios, ranks."""
+  summary: dict[str, Any] = {}
+  for half in ("select", "report", "all"):
+    chosen = [r for r in rows if half == "all" or r["split"] == half]
+    if not chosen:
+      continue
+    names = list(dict.fromkeys(r["method"] for r in chosen))
+    per_method = {}
+    for name in names:
+      mine = [r for r in chosen if r["method"] == name]
+      entry: dict[str, Any] = {"mean_rank": float(np.mean([r["rank"] for r in mine]))}
+      if "lr_free_rank" in mine[0]:
+        entry["mean_lr_free_rank"] = float(np.mean([r["lr_free_rank"] for r in mine]))
+      for schedule in ("constant", "cosine"):
+        ratios = [
+          r[f"over_best_{schedule}"] for r in mine if f"over_best_{schedule}" in r
+        ]
+        if ratios:
+          worst = max(mine, key=lambda r, s=schedule: r[f"over_best_{s}"])
+          entry[f"worst_over_best_{schedule}"] = worst[f"over_best_{schedule}"]
+          entry[f"worst_problem_{schedule}"] = worst["problem"]
+          entry[f"median_over_best_{schedule}"] = float(np.median(ratios))
+      per_method[name] = entry
+    summary[half] = {
+      "problems": list(dict.fromkeys(r["problem"] for r in chosen)),
+      "methods": per_method,
+    }
+  return summary
+
+
+def plot(problem: Problem, runs: dict, rows: list[dict], steps: int, out: Path) -> Path:
   fig, (ax_loss, ax_lr) = plt.subplots(1, 2, figsize=(11, 4))
-  window = 10
-  for row in sorted(rows, key=lambda r: r["rank"]):
-    r = results[row["family"]]
+  window = max(1, steps // 40)
+  colors = dict(
+    zip([r["method"] for r in rows], plt.get_cmap("tab20").colors, strict=False)
+  )
+  shown = [r for r in rows if r["family"] != "peer" or r["lr_free_rank"] <= 6]
+  for row in sorted(shown, key=lambda r: r["rank"]):
+    r = runs[row["method"]]
     best = int(np.argmin(r["final"].mean(axis=0)))
-    curve = r["losses"][:, best].mean(axis=0)
-    curve = np.convolve(curve, np.ones(window) / window, mode="valid")
-    style = "-" if row["family"].startswith("GeN") else ":"
-    ax_loss.semilogy(curve, style, label=f"{row['rank']}. {row['method']}")
-    if row["family"].startswith("GeN"):
-      ax_lr.semilogy(r["lr_trace"][:, 0].mean(axis=0), label=row["family"])
-  for name in ("AdamW grid", "SGD-momentum grid"):
-    best_lr = next(r["best_lr"] for r in rows if r["family"] == name)
-    ax_lr.axhline(best_lr, ls="--", color="gray" if "Adam" in name else "k", lw=1)
-    ax_lr.annotate(f"best {name}", (0, best_lr), fontsize=7, va="bottom")
+    curve = np.convolve(r["losses"][:, best].mean(axis=0), np.ones(window) / window)
+    style = {"gen": "-", "grid": "--", "peer": ":"}[row["family"]]
+    ax_loss.semilogy(
+      curve[window - 1 : steps],
+      style,
+      color=colors[row["method"]],
+      label=f"{row['rank']}. {row['method']}",
+    )
+  t = np.arange(steps)
+  lowest = np.inf
+  for row in rows:
+    r = runs[row["method"]]
+    if row["family"] == "gen":
+      rate = np.nanmean(r["rates"][:, 0], axis=0)
+      lowest = min(lowest, np.nanmin(rate))
+      ax_lr.semilogy(rate, color=colors[row["method"]], label=row["method"])
+    elif row["family"] == "grid" and row["inner"] == "adamw":
+      rate = row["best_lr"] * np.ones(steps)
+      if row["schedule"] == "cosine":
+        rate = np.asarray(jax.vmap(warmup_cosine(row["best_lr"], steps))(t))
+      ax_lr.semilogy(
+        t, rate, "--", color=colors[row["method"]], label=f"best {row['method']}"
+      )
+  ax_lr.set_ylim(bottom=lowest / 10)  # the cosine's tail would squash the rest
   ax_loss.set(xlabel="step", ylabel="minibatch loss (moving mean)", title=problem.name)
   ax_loss.legend(fontsize=6, ncol=2)
-  ax_lr.set(xlabel="step", ylabel="learning rate", title="GeN's α vs best grid rate")
-  ax_lr.legend(fontsize=7)
+  ax_lr.set(
+    xlabel="step",
+    ylabel="learning rate",
+    title="GeN's α (mean over seeds) and best AdamW rates",
+  )
+  ax_lr.legend(fontsize=6)
   fig.tight_layout()
   path = out / f"quality-{problem.name}.png"
-  fig.savefig(path, dpi=110)
+  fig.savefig(path, dpi=80)
   plt.close(fig)
   return path
 
@@ -388,59 +361,82 @@ def plot(problem: Problem, results: dict[str, dict[str, Any]], rows, out: Path) 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--problems", nargs="+", default=None, choices=PROBLEMS)
-  parser.add_argument("--steps", type=int, default=400)
+  parser.add_argument("--split", choices=SPLIT, default=None, help="one half only")
   parser.add_argument("--seeds", type=int, default=3)
-  parser.add_argument("--quick", action="store_true", help="tiny smoke run")
+  parser.add_argument(
+    "--steps", type=int, default=None, help="override every problem's"
+  )
+  parser.add_argument(
+    "--quick", action="store_true", help="1 seed, a quarter of the steps"
+  )
   parser.add_argument("--out", type=Path, default=Path("outputs/quality"))
   args = parser.parse_args()
+  names = args.problems or (SPLIT[args.split] if args.split else list(PROBLEMS))
   if args.quick:
-    args.steps, args.seeds = 3, 1
-    args.problems = args.problems or ["convex", "mlp"]
-  args.problems = args.problems or list(PROBLEMS)
+    args.seeds = 1
   args.out.mkdir(parents=True, exist_ok=True)
-  all_rows = []
-  for name in args.problems:
+  rows: list[dict] = []
+  problems = {}
+  for name in names:
     problem = PROBLEMS[name]()
-    results = {
-      m.name: train(problem, m, args.steps, args.seeds) for m in methods(args.steps)
+    steps = args.steps or (problem.steps // 4 if args.quick else problem.steps)
+    table = methods(steps)
+    runs = {m.name: train(problem, m, steps, args.seeds) for m in table}
+    mine = summarize(problem, runs, table)
+    rows.extend(mine)
+    problems[name] = {
+      "kind": problem.kind,
+      "split": problem.split,
+      "steps": steps,
+      "batch_size": problem.batch_size,
+      "metric_name": problem.metric_name,
+      "figure": plot(problem, runs, mine, steps, args.out).name,
     }
-    rows = summarize(problem, results)
-    all_rows.extend(rows)
-    print(f"\n{problem.name}: {args.steps} steps, {args.seeds} seeds")
-    for row in sorted(rows, key=lambda r: r["rank"]):
-      print(
-        f"  {row['rank']:2d}. {row['method']:36s} train {row['final_loss']:.4g}"
-        f"  {problem.metric_name} {row['metric']:.4g}  ({row['seconds']:.0f}s)"
+    print(f"\n{name} ({problem.split}): {steps} steps, {args.seeds} seeds", flush=True)
+    for row in sorted(mine, key=lambda r: r["rank"]):
+      lr = f" lr {row['best_lr']:.0e}" if row["best_lr"] else ""
+      ratios = (
+        f"  /best constant {row['over_best_constant']:.2f}"
+        f"  /best cosine {row['over_best_cosine']:.2f}"
+        if row["family"] == "gen"
+        else ""
       )
-    print(f"  figure: {plot(problem, results, rows, args.out)}")
-
-  families = sorted({r["family"] for r in all_rows})
-  mean_rank = {
-    f: float(np.mean([r["rank"] for r in all_rows if r["family"] == f]))
-    for f in families
-  }
-  print("\nmean rank over problems:")
-  for family in sorted(families, key=mean_rank.get):
-    print(f"  {mean_rank[family]:5.2f}  {family}")
-  gap = {}
-  for name in args.problems:
-    rows = {r["family"]: r for r in all_rows if r["problem"] == name}
-    gap[name] = rows["GeN-AdamW"]["final_loss"] / rows["AdamW grid"]["final_loss"]
-  print("GeN-AdamW final loss / best grid AdamW:")
-  for name, ratio in gap.items():
-    print(f"  {name:8s} {ratio:.2f}")
+      print(
+        f"  {row['rank']:2d}. {row['method']:32s} train {row['final_loss']:.4g}{lr}"
+        f"  {problem.metric_name} {row['metric']:.4g}{ratios}  ({row['seconds']:.0f}s)",
+        flush=True,
+      )
+  summary = overall(rows)
+  for half, entry in summary.items():
+    print(f"\n{half} half ({len(entry['problems'])} problems):")
+    for name, stats in sorted(
+      entry["methods"].items(), key=lambda kv: kv[1]["mean_rank"]
+    ):
+      ratios = "".join(
+        f"  /best {s}: worst {stats[f'worst_over_best_{s}']:.2f}"
+        f" median {stats[f'median_over_best_{s}']:.2f}"
+        for s in ("constant", "cosine")
+        if f"worst_over_best_{s}" in stats
+      )
+      print(f"  mean rank {stats['mean_rank']:5.2f}  {name}{ratios}")
   (args.out / "quality.json").write_text(
     json.dumps(
       {
-        "steps": args.steps,
+        "command": "python benchmarks/quality.py "
+        + " ".join(
+          f"--{k} {' '.join(map(str, v)) if isinstance(v, list) else v}"
+          for k, v in vars(args).items()
+          if v not in (None, False) and k != "out"
+        ),
         "seeds": args.seeds,
+        "grid": GRID.tolist(),
         "jax": jax.__version__,
         "optax": optax.__version__,
-        "rows": all_rows,
-        "mean_rank": mean_rank,
-        "gen_adamw_over_best_adamw": gap,
+        "problems": problems,
+        "rows": rows,
+        "summary": summary,
       },
-      indent=2,
+      indent=1,
     )
   )
 

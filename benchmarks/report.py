@@ -1,11 +1,26 @@
-"""Markdown tables of the saved benchmark results, for docs/benchmarks.md.
+"""Markdown tables of the saved benchmark results, the tables of docs/benchmarks.md.
 
-Run: ``python benchmarks/report.py benchmarks/results``
+docs/benchmarks.md marks each generated block with
+``<!-- begin report: NAME.json -->`` ... ``<!-- end report -->``; this script
+renders every block from ``benchmarks/results/NAME.json``, and the test suite
+fails when a block differs from what is rendered (docs cannot drift from data).
+
+Run: ``python benchmarks/report.py`` (prints the blocks) or
+``python benchmarks/report.py --write docs/benchmarks.md`` (rewrites them).
 """
 
+import argparse
 import json
-import sys
+import re
+from collections.abc import Callable
 from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+BLOCK = re.compile(
+  r"(<!-- begin report: (?P<name>[\w.-]+\.json) -->\n)(?P<body>.*?)"
+  r"(<!-- end report -->)",
+  re.DOTALL,
+)
 
 
 def overhead_table(results: dict) -> str:
@@ -33,45 +48,140 @@ def overhead_table(results: dict) -> str:
   return "\n".join(lines)
 
 
+def _cell(row: dict) -> str:
+  lr = ""
+  if row["best_lr"] is not None:
+    lr = f" (lr {row['best_lr']:.0e}{'!' if row['best_lr_at_edge'] else ''})"
+  return f"{row['final_loss']:.3g}{lr} #{row['rank']}"
+
+
 def quality_table(results: dict) -> str:
-  problems = sorted({row["problem"] for row in results["rows"]})
+  problems, rows, summary = results["problems"], results["rows"], results["summary"]
+  gen_methods = list(dict.fromkeys(r["method"] for r in rows if r["family"] == "gen"))
+  steps = sorted({p["steps"] for p in problems.values()})
   lines = [
-    f"{results['steps']} steps, {results['seeds']} seeds, jax {results['jax']},"
-    f" optax {results['optax']}. Final training loss (mean over seeds) and rank.",
+    f"`{results['command']}`: {results['seeds']} seeds, jax {results['jax']},"
+    f" optax {results['optax']}; {' or '.join(map(str, steps))} steps per problem.",
     "",
-    "| method | " + " | ".join(problems) + " | mean rank |",
-    "|---|" + "---|" * (len(problems) + 1),
+    "| problem | half | kind | held-out metric |",
+    "|---|---|---|---|",
   ]
-  families = sorted(results["mean_rank"], key=results["mean_rank"].get)
-  for family in families:
-    cells = []
-    for problem in problems:
-      row = next(
-        r for r in results["rows"] if r["problem"] == problem and r["family"] == family
-      )
-      lr = f" (lr {row['best_lr']:.0e})" if row["best_lr"] else ""
-      cells.append(f"{row['final_loss']:.3g}{lr} #{row['rank']}")
-    lines.append(
-      f"| {family} | " + " | ".join(cells) + f" | {results['mean_rank'][family]:.2f} |"
-    )
-  gaps = results["gen_adamw_over_best_adamw"]
+  lines += [
+    f"| {name} | {p['split']} | {p['kind']} | {p['metric_name']} |"
+    for name, p in problems.items()
+  ]
   lines += [
     "",
-    "GeN-AdamW's final loss / best grid AdamW's: "
-    + ", ".join(f"{k} {v:.2f}" for k, v in gaps.items()),
+    "**GeN's final training loss over the best grid entry of its inner optimizer**"
+    " (constant rate / warm-up + cosine peak rate), per half: worst (on which"
+    " problem) and median; mean rank among all 15 methods and among the 11"
+    " learning-rate-free ones (GeN rows and peers).",
+    "",
+    "| half | method | worst / constant | median / constant | worst / cosine"
+    " | median / cosine | mean rank | mean rank, LR-free |",
+    "|---|---|---|---|---|---|---|---|",
   ]
+  for half, entry in summary.items():
+    for method in gen_methods:
+      s = entry["methods"][method]
+      lines.append(
+        f"| {half} | {method}"
+        f" | {s['worst_over_best_constant']:.2f} ({s['worst_problem_constant']})"
+        f" | {s['median_over_best_constant']:.2f}"
+        f" | {s['worst_over_best_cosine']:.2f} ({s['worst_problem_cosine']})"
+        f" | {s['median_over_best_cosine']:.2f}"
+        f" | {s['mean_rank']:.1f} | {s['mean_lr_free_rank']:.1f} |"
+      )
+  lines += [
+    "",
+    "**Per problem**: GeN's ratio to the best constant / best cosine rate of its"
+    " inner optimizer.",
+    "",
+    "| problem | half | " + " | ".join(gen_methods) + " |",
+    "|---|---|" + "---|" * len(gen_methods),
+  ]
+  for name, p in problems.items():
+    cells = []
+    for method in gen_methods:
+      row = next(r for r in rows if r["problem"] == name and r["method"] == method)
+      cells.append(f"{row['over_best_constant']:.2f} / {row['over_best_cosine']:.2f}")
+    lines.append(f"| {name} | {p['split']} | " + " | ".join(cells) + " |")
+  for half, entry in summary.items():
+    if half == "all":
+      continue
+    names = entry["problems"]
+    lines += [
+      "",
+      f"**{half.capitalize()} half**: final training loss (mean over seeds) and rank;"
+      " grids at their best rate (`!`: on the grid's edge).",
+      "",
+      "| method | " + " | ".join(names) + " | mean rank |",
+      "|---|" + "---|" * (len(names) + 1),
+    ]
+    order = sorted(entry["methods"], key=lambda m: entry["methods"][m]["mean_rank"])
+    for method in order:
+      cells = [
+        _cell(next(r for r in rows if r["problem"] == n and r["method"] == method))
+        for n in names
+      ]
+      lines.append(
+        f"| {method} | "
+        + " | ".join(cells)
+        + f" | {entry['methods'][method]['mean_rank']:.1f} |"
+      )
+    lines += [
+      "",
+      "Held-out metric of the same runs:",
+      "",
+      "| method | "
+      + " | ".join(f"{n} ({problems[n]['metric_name']})" for n in names)
+      + " |",
+      "|---|" + "---|" * len(names),
+    ]
+    for method in order:
+      cells = [
+        f"{r['metric']:.3g}"
+        for n in names
+        for r in rows
+        if r["problem"] == n and r["method"] == method
+      ]
+      lines.append(f"| {method} | " + " | ".join(cells) + " |")
   return "\n".join(lines)
 
 
+RENDERERS: dict[str, Callable[[dict], str]] = {
+  "overhead-cpu.json": overhead_table,
+  "quality.json": quality_table,
+}
+
+
+def render(name: str, folder: Path = RESULTS) -> str:
+  """The markdown block of one saved result file."""
+  return RENDERERS[name](json.loads((folder / name).read_text()))
+
+
+def render_docs(text: str, folder: Path = RESULTS) -> str:
+  """``text`` with every marked block replaced by its rendering."""
+
+  def replace(match: re.Match) -> str:
+    return (
+      f"{match.group(1)}\n{render(match.group('name'), folder)}\n\n{match.group(4)}"
+    )
+
+  return BLOCK.sub(replace, text)
+
+
 def main() -> None:
-  folder = Path(sys.argv[1] if len(sys.argv) > 1 else "benchmarks/results")
-  for name, render in (
-    ("overhead-cpu.json", overhead_table),
-    ("quality.json", quality_table),
-  ):
-    path = folder / name
-    if path.exists():
-      print(f"### {name}\n\n{render(json.loads(path.read_text()))}\n")
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--results", type=Path, default=RESULTS)
+  parser.add_argument("--write", type=Path, default=None, help="a markdown file")
+  args = parser.parse_args()
+  if args.write:
+    args.write.write_text(render_docs(args.write.read_text(), args.results))
+    return
+  for name in RENDERERS:
+    if (args.results / name).exists():
+      print(f"### {name}\n\n{render(name, args.results)}\n")
 
 
 if __name__ == "__main__":
