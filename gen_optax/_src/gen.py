@@ -273,8 +273,8 @@ def gen(
   when :math:`\bar s \ge 0`; :class:`Status` records why.  The returned updates
   are :math:`m(t)\,\alpha\, u`, with :math:`m` the optional ``multiplier``.
 
-  **Why this rule** (each part measured on ``benchmarks/quality.py``'s four
-  problems, see ``docs/method.md``):
+  **Why this rule** (each part measured on four problems of the selection half
+  of ``benchmarks/quality.py``, see ``docs/method.md``):
 
   * *Ratio of means.*  The fresh-batch slope and curvature are unbiased, their
     ratio is not: a batch with little curvature gives a huge :math:`\alpha^\star`.
