@@ -28,7 +28,7 @@ def main() -> None:
   problem = PROBLEMS["digits-cnn"]()
   x, y = problem.train
   batches = quality.batch_indices(problem, STEPS, seed=0)
-  tx = gen_optax.gen(optax.sgd(1.0))
+  tx = gen_optax.gen(optax.sgd(1.0), measure_along="current_update")
   params = problem.init(jax.random.key(0))
   state = tx.init(params)
   _, unravel = ravel_pytree(params)

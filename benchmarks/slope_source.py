@@ -43,7 +43,9 @@ def train(variant: str, seed: int, steps: int, batch_size: int) -> float:
   slope_from = (
     "gradient" if variant == "fresh curvature, gradient slope" else "value_fn"
   )
-  tx = gen_optax.gen(optax.adam(1.0), slope_from=slope_from)
+  tx = gen_optax.gen(
+    optax.adam(1.0), measure_along="current_update", slope_from=slope_from
+  )
   params = mlp_init(jax.random.key(seed))
   state = tx.init(params)
 

@@ -89,11 +89,12 @@ def train(
   state = train_state.TrainState.create(apply_fn=model.apply, params=params, tx=tx)
 
   @jax.jit
-  def step(state, batch, fresh):
+  def step(state, batch):
     value, grads = jax.value_and_grad(loss)(state.params, batch)
     if uses_gen:
+      # One batch: GeN measures along the previous step on this one.
       state = gen_optax.linen_apply_gradients(
-        state, grads=grads, value_fn=lambda p: loss(p, fresh)
+        state, grads=grads, value_fn=lambda p: loss(p, batch)
       )
     else:
       state = state.apply_gradients(grads=grads)
@@ -103,8 +104,8 @@ def train(
   history: dict[str, list[float]] = {"loss": [], "lr": []}
   start = time.perf_counter()
   for _ in range(args.steps):
-    i, j = (rng.choice(len(train_windows), args.batch_size) for _ in range(2))
-    state, value = step(state, train_windows[i], train_windows[j])
+    i = rng.choice(len(train_windows), args.batch_size)
+    state, value = step(state, train_windows[i])
     history["loss"].append(float(value))
     if uses_gen:
       history["lr"].append(float(state.opt_state.learning_rate))

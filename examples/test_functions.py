@@ -40,9 +40,14 @@ FUNCTIONS: dict[str, tuple[Callable[[jax.Array], jax.Array], np.ndarray, Any]] =
 
 def optimizers() -> dict[str, optax.GradientTransformation]:
   # Deterministic functions: no noise to average, no warm-up needed, so GeN-SGD
-  # takes α* itself (exact line search).
+  # takes α* of the current update itself (exact line search).
   exact = dict(
-    smoothing=0.0, trust_ratio=None, warmup_growth=None, max_growth=None, lr_max=10.0
+    measure_along="current_update",
+    smoothing=0.0,
+    trust_ratio=None,
+    warmup_growth=None,
+    max_growth=None,
+    lr_max=10.0,
   )
   return {
     "GeN-SGD": gen_optax.gen(optax.sgd(1.0), **exact),

@@ -18,6 +18,7 @@ collect_ignore = (
 
 MODES = ("forward-over-reverse", "forward-over-forward")  # exact
 ALL_MODES = (*MODES, "probes", "one-probe")
+MEASURES = ("previous_step", "current_update")
 
 
 @pytest.fixture
@@ -42,8 +43,13 @@ def quadratic(a: np.ndarray, b: np.ndarray) -> Callable[[jax.Array], jax.Array]:
 
 
 def wide_open(**overrides: Any) -> dict[str, Any]:
-  """gen() settings under which α = α* exactly (no smoothing, bounds or clamp)."""
+  """gen() settings under which α = α* of the current update exactly.
+
+  No smoothing, bounds or clamp; the measurement along the current update
+  (``measure_along="current_update"``), whose closed forms these tests check.
+  """
   settings: dict[str, Any] = dict(
+    measure_along="current_update",
     smoothing=0.0,
     trust_ratio=None,
     warmup_growth=None,

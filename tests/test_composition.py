@@ -69,6 +69,9 @@ def test_apply_if_finite_skips_nan_gradients_without_advancing_gen():
   assert int(state.inner_state.step) == 0
   updates, state = tx.update(grads, state, params, value_fn=loss)
   assert int(state.inner_state.step) == 1
+  # The skipped step stored no previous step: nothing to measure along yet.
+  assert int(state.inner_state.info.status) == gen_optax.Status.ZERO_DIRECTION
+  updates, state = tx.update(grads, state, params, value_fn=loss)
   assert bool(state.inner_state.info.accepted)
 
 
@@ -80,10 +83,15 @@ def test_partition_inside_gen_is_supported_and_gen_inside_partition_is_refused()
   )
   step = make_step(outside, loss)
   new_params, state, _ = step(params, outside.init(params))
+  new_params, state, _ = step(new_params, state)  # measures along the first step
   assert jax.tree.all(
     jax.tree.map(
       lambda a, b: bool(jnp.all(a == b)), new_params["hidden"], params["hidden"]
     )
+  )
+  # The frozen part's stored step is zero, like its update.
+  assert not any(
+    bool(jnp.any(d)) for d in jax.tree.leaves(state.previous_step["hidden"])
   )
   assert not bool(jnp.all(new_params["out"][0] == params["out"][0]))
   assert bool(state.info.accepted)

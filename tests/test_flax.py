@@ -84,11 +84,11 @@ def test_nnx_optimizer_trains_and_gen_leaves_statistics_alone(mode):
   )
 
   @nnx.jit
-  def train_step(model, optimizer, batch, fresh):
+  def train_step(model, optimizer, batch):
     loss, grads = nnx.value_and_grad(loss_fn)(model, *batch)
     before = nnx.state(model, nnx.BatchStat, nnx.RngState)
     optimizer.update(
-      model, grads, value_fn=gen_optax.nnx_value_fn(model, loss_fn, *fresh)
+      model, grads, value_fn=gen_optax.nnx_value_fn(model, loss_fn, *batch)
     )
     after = nnx.state(model, nnx.BatchStat, nnx.RngState)
     unchanged = jax.tree.map(lambda a, b: jnp.all(a == b), before, after)
@@ -98,16 +98,18 @@ def test_nnx_optimizer_trains_and_gen_leaves_statistics_alone(mode):
   model.eval()
   initial = float(loss_fn(model, x_eval, y_eval))
   model.train()
-  for step in range(60):
-    _, unchanged = train_step(model, optimizer, _data(2 * step), _data(2 * step + 1))
+  for step in range(100):
+    _, unchanged = train_step(model, optimizer, _data(step))
     assert bool(unchanged)
   model.eval()
   final = float(loss_fn(model, x_eval, y_eval))
   gen_state = optimizer.opt_state
   assert final < 0.5 * initial, (initial, final)
   learning_rate = float(optax.tree.get(gen_state, "learning_rate"))
-  assert 1e-4 < learning_rate < 0.5
-  assert int(optax.tree.get(gen_state, "num_accepted")) > 30
+  accepted = int(optax.tree.get(gen_state, "num_accepted"))
+  assert accepted > 30
+  # Never above the warm-up cap init · 1.2^accepted; risen well above init.
+  assert 1e-2 < learning_rate <= 1e-3 * 1.2**accepted * (1 + 1e-6)
 
 
 class LinenNet(nn.Module):

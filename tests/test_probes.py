@@ -99,7 +99,11 @@ def test_r2_gate_rejects_a_non_quadratic_profile_and_keeps_alpha():
   results = {}
   for points in ((-1.0, 0.0, 1.0), (-2.0, -1.0, 0.0, 1.0, 2.0)):
     tx = gen_optax.gen(
-      optax.sgd(1.0), mode="probes", probe_multipliers=points, init_learning_rate=0.5
+      optax.sgd(1.0),
+      mode="probes",
+      measure_along="current_update",
+      probe_multipliers=points,
+      init_learning_rate=0.5,
     )
     _, state = tx.update(grads, tx.init(params), params, value_fn=loss)
     results[len(points)] = state
@@ -144,7 +148,9 @@ def test_non_finite_probe_loss_falls_back(mode):
   # A descent direction whose probe at θ + h·u lands where the loss is NaN.
   loss = lambda p: jnp.where(p[0] < 0.5, jnp.nan, jnp.sum(p**2))  # noqa: E731
   params = jnp.array([1.0, 0.0])
-  tx = gen_optax.gen(optax.sgd(1.0), mode=mode, init_learning_rate=0.9)
+  tx = gen_optax.gen(
+    optax.sgd(1.0), mode=mode, measure_along="current_update", init_learning_rate=0.9
+  )
   grads = jax.grad(loss)(params)  # u = −g = (−2, 0): the probe reaches p₀ = −0.8
   updates, state = tx.update(grads, tx.init(params), params, value_fn=loss)
   assert Status(int(state.info.status)) == Status.NON_FINITE

@@ -49,7 +49,8 @@ def multi_steps(
     >>> import jax, jax.numpy as jnp, optax
     >>> import gen_optax
     >>> loss = lambda p: jnp.sum((p - 1.0) ** 2)
-    >>> inner = gen_optax.gen(optax.sgd(1.0), warmup_growth=None)
+    >>> inner = gen_optax.gen(optax.sgd(1.0), measure_along="current_update",
+    ...                       warmup_growth=None)
     >>> tx = gen_optax.multi_steps(inner, every_k=2)
     >>> params = jnp.zeros(2)
     >>> state = tx.init(params)

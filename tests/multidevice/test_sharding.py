@@ -102,6 +102,16 @@ def test_sharded_jit_matches_single_device(mesh_shape, axis_type, param_specs, m
     single[0],
   )
   assert int(sharded[1].info.num_accepted) == int(single[1].info.num_accepted)
+  # The stored previous step is sharded like the parameters.
+  jax.tree.map(
+    lambda d, p: assert_same_layout(d.sharding, p.sharding, d.ndim),
+    sharded[1].previous_step,
+    sharded[0],
+  )
+
+
+def assert_same_layout(a, b, ndim):
+  assert a.is_equivalent_to(b, ndim), (a, b)
 
 
 def _replicas(axis_name):
