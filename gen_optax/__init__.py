@@ -17,6 +17,7 @@ from gen_optax._src.gen import gen as gen
 from gen_optax._src.probes import ProbeFit as ProbeFit
 from gen_optax._src.probes import line_probes as line_probes
 from gen_optax._src.probes import one_probe_curvature as one_probe_curvature
+from gen_optax._src.rule import RuleState as RuleState
 
 __version__ = "0.1.0"
 
@@ -26,6 +27,7 @@ __all__ = (
   "LineDerivatives",
   "MultiStepsState",
   "ProbeFit",
+  "RuleState",
   "Status",
   "gen",
   "line_derivatives",
