@@ -64,18 +64,25 @@ def test_newton_direction_gets_learning_rate_one(x64, mode):
   np.testing.assert_allclose(params, np.linalg.solve(a, b), rtol=1e-8)
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_modes_choose_the_same_learning_rate(mode):
-  params, loss = tanh_mlp(dtype=jnp.float32)
+# Exact modes agree to rounding.  Probe modes difference losses over one whole
+# step (α ≈ 0.19 here), so the model's third-order terms move α by a few
+# percent (measured 2.8% and 0.9%); test_probes checks their O(h²) convergence.
+@pytest.mark.parametrize(
+  ("mode", "rtol"),
+  [("forward-over-forward", 1e-10), ("probes", 5e-2), ("one-probe", 5e-2)],
+)
+def test_modes_choose_the_same_learning_rate(x64, mode, rtol):
+  params, loss = tanh_mlp()
   lrs = []
-  for m in MODES:
-    tx = gen_optax.gen(optax.adam(1.0), mode=m, **wide_open())
+  for m in ("forward-over-reverse", mode):
+    tx = gen_optax.gen(optax.adam(1.0), mode=m, warmup_growth=None)
     step = make_step(tx, loss)
     p, state = params, tx.init(params)
     for _ in range(5):
       p, state, _ = step(p, state)
+    assert int(state.info.num_accepted) == 4  # the first step has no previous one
     lrs.append(state.learning_rate)
-  np.testing.assert_allclose(lrs[0], lrs[1], rtol=1e-4)
+  np.testing.assert_allclose(lrs[1], lrs[0], rtol=rtol)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -501,8 +508,12 @@ def test_state_can_be_donated():
   leaves = jax.tree.leaves(state)
   assert len({id(x) for x in leaves}) == len(leaves)
   params, state = step(jax.tree.map(jnp.copy, params), state)
+  donated = jax.tree.leaves(state)
   params, state = step(params, state)
   assert int(state.step) == 2
+  # The buffers passed in were given to the computation: no copy of the state
+  # (the previous step is params-sized) stays alive.
+  assert all(x.is_deleted() for x in donated)
 
 
 @pytest.mark.parametrize("mode", MODES)
