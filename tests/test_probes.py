@@ -124,21 +124,33 @@ def test_zero_step_size_gives_non_finite_fit_without_raising():
   assert not np.isfinite(float(c))
 
 
+@pytest.mark.parametrize(
+  ("measure_along", "expected"),
+  [
+    # θ ± α·u == θ in float32: every probe equals L(θ), and c = 0/0 or x/0.
+    ("current_update", Status.NON_FINITE),
+    # The stored step 1e-30·u has a squared norm below float32's range.
+    ("previous_step", Status.ZERO_DIRECTION),
+  ],
+)
 @pytest.mark.parametrize("mode", ["probes", "one-probe"])
-def test_probe_step_that_underflows_falls_back(mode):
-  """α = 1e-30: θ ± α·u == θ in float32, so every probe equals L(θ)."""
+def test_probe_step_that_underflows_falls_back(mode, measure_along, expected):
+  """α = 1e-30: a step too small for float32 is discarded, α kept."""
   loss = lambda p: jnp.sum((p - 3.0) ** 2)  # noqa: E731
   params = jnp.ones(3)
   tx = gen_optax.gen(
     optax.sgd(1.0),
     mode=mode,
+    measure_along=measure_along,
     slope_from="gradient",
     init_learning_rate=1e-30,
     lr_min=1e-30,
   )
   grads = jax.grad(loss)(params)
-  updates, state = tx.update(grads, tx.init(params), params, value_fn=loss)
-  assert Status(int(state.info.status)) != Status.ACCEPTED
+  state = tx.init(params)
+  for _ in range(2):  # the second measures along the first step
+    updates, state = tx.update(grads, state, params, value_fn=loss)
+  assert Status(int(state.info.status)) == expected
   assert float(state.learning_rate) == np.float32(1e-30)
   assert bool(jnp.all(jnp.isfinite(updates)))
 
