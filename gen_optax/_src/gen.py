@@ -47,7 +47,7 @@ class GeNState(NamedTuple):
   step: jax.Array  # scalar int32, number of updates so far
   rule: rule_lib.RuleState  # α, the running means and the warm-up phase
   previous_step: optax.Updates  # the last update returned (like params), or empty
-  previous_slope: jax.Array  # scalar float, ⟨g, d⟩/‖d‖ of that step on its own batch
+  previous_slope: jax.Array  # scalar float, ⟨g, d⟩ of that step on its own batch
   inner_state: optax.OptState  # state of the wrapped optimizer
   info: GeNInfo  # diagnostics of the last refresh
 
@@ -597,7 +597,7 @@ def gen(
     if lookback:
       start_slope = (slope - jnp.abs(curvature)) / safe_norm
       # The same line's slope at its start, from the batch that built it.
-      disagreement = start_slope - state.previous_slope
+      disagreement = start_slope - state.previous_slope / safe_norm
       length = norm / alpha
     else:
       start_slope = slope / safe_norm
@@ -627,7 +627,7 @@ def gen(
     )
     accepted = status == Status.ACCEPTED
     new_info = GeNInfo(
-      raw_learning_rate=-start_slope * safe_norm**2 / (jnp.abs(curvature) * length),
+      raw_learning_rate=-measured.slope / (jnp.abs(measured.curvature) * length),
       slope=slope,
       curvature=curvature,
       loss=loss,
@@ -700,12 +700,9 @@ def gen(
     if lookback:
       # The next refresh measures along this step; lookback assumes that it
       # is the step applied (gen last in a chain).
+      # ⟨g, d⟩ only: the next refresh divides by ‖d‖, which it computes anyway.
       previous_step = optax.tree.cast(new_updates, step_dtype)
-      dtype = step_size.dtype
-      norm = jnp.sqrt(curvature_lib.tree_vdot(previous_step, previous_step, dtype))
-      previous_slope = curvature_lib.tree_vdot(grads, previous_step, dtype) / jnp.where(
-        norm > 0, norm, 1
-      )
+      previous_slope = curvature_lib.tree_vdot(grads, previous_step, step_size.dtype)
       if axis_name is not None:
         previous_slope = jax.lax.pmean(previous_slope, axis_name)
     new_state = GeNState(
