@@ -105,9 +105,7 @@ def train(
       history["step"].append(step)
       history["loss"].append(float(full_loss(model, x_train, y_train)))
       if uses_gen:
-        history["lr"].append(
-          float(optax.tree.get(optimizer.opt_state, "learning_rate"))
-        )
+        history["lr"].append(float(gen_optax.learning_rate(optimizer.opt_state)))
   accuracy = float(jnp.mean(jnp.argmax(model(x_test), -1) == y_test))
   return {
     "name": name,

@@ -53,8 +53,10 @@ def profile(loss, params, direction, alphas, step_size):
   along = jax.jit(
     jax.vmap(lambda a: loss(jax.tree.map(lambda p, u: p + a * u, params, direction)))
   )
-  exact = gen_optax.line_derivatives(loss, params, direction)
-  probes = gen_optax.line_probes(loss, params, direction, step_size=step_size)
+  exact = gen_optax.measure_line(loss, params, direction)
+  probes = gen_optax.measure_line(
+    loss, params, direction, mode="probes", step_size=step_size
+  )
   return np.asarray(along(alphas)), exact, probes
 
 
@@ -85,14 +87,14 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
       params, state = train_step(params, state)
     # The direction GeN would scale next: the inner update at the current state.
     direction, _ = inner.update(jax.grad(loss)(params), state.inner_state, params)
-    exact = gen_optax.line_derivatives(loss, params, direction)
+    exact = gen_optax.measure_line(loss, params, direction)
     alphas = np.linspace(0.0, 3 * float(-exact.slope / exact.curvature), 101)
     value, exact, probes = profile(
       loss, params, direction, alphas, step_size=float(state.learning_rate)
     )
     ax.plot(alphas, value, "k", lw=2, label="real loss L(θ + αu)")
     for name, model, style in (("exact", exact, "--"), ("3 probes", probes, ":")):
-      fit = model.value + model.slope * alphas + 0.5 * model.curvature * alphas**2
+      fit = model.loss + model.slope * alphas + 0.5 * model.curvature * alphas**2
       alpha_star = float(-model.slope / model.curvature)
       minimisers[f"{name} {title}"] = alpha_star
       ax.plot(

@@ -47,11 +47,11 @@ def optimizers() -> dict[str, optax.GradientTransformation]:
     trust_ratio=None,
     warmup_growth=None,
     max_growth=None,
-    lr_max=10.0,
+    max_learning_rate=10.0,
   )
   return {
     "GeN-SGD": gen_optax.gen(optax.sgd(1.0), **exact),
-    "GeN-Adam": gen_optax.gen(optax.adam(1.0), lr_max=10.0),
+    "GeN-Adam": gen_optax.gen(optax.adam(1.0), max_learning_rate=10.0),
     "Adam lr=0.05": optax.adam(0.05),
   }
 

@@ -54,8 +54,8 @@ def wide_open(**overrides: Any) -> dict[str, Any]:
     trust_ratio=None,
     warmup_growth=None,
     max_growth=None,
-    lr_min=1e-12,
-    lr_max=1e12,
+    min_learning_rate=1e-12,
+    max_learning_rate=1e12,
   )
   settings.update(overrides)
   return settings

@@ -23,18 +23,18 @@ def test_chain_applies_later_members_to_the_scaled_update():
   )
 
 
-def test_inject_hyperparams_changes_lr_max_at_run_time(x64):
+def test_inject_hyperparams_changes_max_learning_rate_at_run_time(x64):
   a, b = spd_matrix(3), np.ones(3)
   loss = quadratic(a, b)
   tx = optax.inject_hyperparams(gen_optax.gen, static_args=("refresh_every",))(
-    inner=optax.sgd(1.0), lr_max=10.0, smoothing=0.0, trust_ratio=None
+    inner=optax.sgd(1.0), max_learning_rate=10.0, smoothing=0.0, trust_ratio=None
   )
   step = make_step(tx, loss)
   params, state = jnp.zeros(3), tx.init(jnp.zeros(3))
   params, state, _ = step(params, state)
   unclamped = float(state.inner_state.learning_rate)
   assert unclamped < 10.0
-  state.hyperparams["lr_max"] = jnp.asarray(unclamped / 4, jnp.float64)
+  state.hyperparams["max_learning_rate"] = jnp.asarray(unclamped / 4, jnp.float64)
   params, state, _ = step(params, state)
   np.testing.assert_allclose(optax.tree.get(state, "learning_rate"), unclamped / 4)
   assert step._cache_size() == 1
@@ -66,9 +66,9 @@ def test_apply_if_finite_skips_nan_gradients_without_advancing_gen():
   updates, state = tx.update(bad, state, params, value_fn=loss)
   assert all(bool(jnp.all(u == 0)) for u in jax.tree.leaves(updates))
   assert int(state.notfinite_count) == 1
-  assert int(state.inner_state.step) == 0
+  assert int(state.inner_state.count) == 0
   updates, state = tx.update(grads, state, params, value_fn=loss)
-  assert int(state.inner_state.step) == 1
+  assert int(state.inner_state.count) == 1
   # The skipped step stored no previous step: nothing to measure along yet.
   assert int(state.inner_state.info.status) == gen_optax.Status.ZERO_DIRECTION
   updates, state = tx.update(grads, state, params, value_fn=loss)
@@ -162,7 +162,7 @@ def test_multi_steps_equals_gen_on_the_large_batch(x64, mode):
   np.testing.assert_allclose(
     s_acc.inner_state.learning_rate, s_dir.learning_rate, rtol=1e-10
   )
-  assert int(s_acc.inner_state.step) == 3  # gen ran once per emitted update
+  assert int(s_acc.inner_state.count) == 3  # gen ran once per emitted update
   per_refresh = {"forward-over-reverse": 1, "probes": 3}[mode]
   assert len(evaluations) == 3 * per_refresh  # value_fn ran on emitting steps only
 

@@ -105,11 +105,86 @@ def test_nnx_optimizer_trains_and_gen_leaves_statistics_alone(mode):
   final = float(loss_fn(model, x_eval, y_eval))
   gen_state = optimizer.opt_state
   assert final < 0.5 * initial, (initial, final)
-  learning_rate = float(optax.tree.get(gen_state, "learning_rate"))
+  learning_rate = float(gen_optax.learning_rate(gen_state))
   accepted = int(optax.tree.get(gen_state, "num_accepted"))
   assert accepted > 30
   # Never above the warm-up cap init · 1.2^accepted; risen well above init.
   assert 1e-2 < learning_rate <= 1e-3 * 1.2**accepted * (1 + 1e-6)
+
+
+def _same(a, b, rtol=0.0):
+  def close(x, y):
+    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+      x, y = jax.random.key_data(x), jax.random.key_data(y)
+    return np.allclose(x, y, rtol=rtol, atol=0)
+
+  return all(jax.tree.leaves(jax.tree.map(close, a, b)))
+
+
+@pytest.mark.parametrize("mode", ["forward-over-reverse", "probes"])
+def test_nnx_fused_step_is_nnx_value_and_grad_plus_the_line(mode):
+  """Same loss, gradients and written-back state (BatchNorm, dropout RNG)."""
+  models = [NoisyMLP(nnx.Rngs(0)) for _ in range(2)]
+  optimizer = nnx.Optimizer(
+    models[1], gen_optax.gen(optax.adam(1.0), mode=mode), wrt=nnx.Param
+  )
+  x, y = _data(3)
+  # A non-zero previous step, so the line is not trivially zero.
+  direction = jax.tree.map(
+    lambda p: 0.01 * jnp.ones_like(p), nnx.as_pure(nnx.state(models[1], nnx.Param))
+  )
+  state = nnx.as_pure(optimizer.opt_state)
+  nnx.update(optimizer.opt_state, nnx.state(state._replace(previous_step=direction)))
+
+  loss_a, grads_a = nnx.value_and_grad(loss_fn)(models[0], x, y)
+  (loss_b, grads_b), line = gen_optax.nnx_value_and_grad(loss_fn, mode=mode)(
+    models[1], optimizer, x, y
+  )
+  np.testing.assert_allclose(loss_a, loss_b, rtol=1e-6)
+  assert _same(nnx.as_pure(grads_a), nnx.as_pure(grads_b), rtol=1e-5)
+  after = [nnx.as_pure(_frozen_state(m)) for m in models]
+  assert _same(*after)  # statistics and RNG counters advanced alike
+  # The line's slope is ⟨∇L, d⟩ on the same batch, dropout mask included.
+  pairs = zip(
+    jax.tree.leaves(nnx.as_pure(grads_b)), jax.tree.leaves(direction), strict=True
+  )
+  slope = sum(jnp.vdot(g, d) for g, d in pairs)
+  tolerance = 1e-5 if mode == "forward-over-reverse" else 1e-2  # O(h²) fit
+  np.testing.assert_allclose(line.slope, slope, rtol=tolerance)
+
+
+def test_nnx_fused_training_equals_the_value_fn_loop():
+  """Deterministic model: the fused and the value_fn loop take the same steps."""
+  runs = []
+  for fused in (False, True):
+    model = nnx.Sequential(
+      nnx.Linear(4, 16, rngs=nnx.Rngs(0)), nnx.tanh, nnx.Linear(16, 1, rngs=nnx.Rngs(1))
+    )
+    optimizer = nnx.Optimizer(model, gen_optax.gen(optax.adam(1.0)), wrt=nnx.Param)
+
+    @nnx.jit
+    def train_step(model, optimizer, x, y, fused=fused):
+      if fused:
+        fn = gen_optax.nnx_value_and_grad(loss_fn)
+        (loss, grads), line = fn(model, optimizer, x, y)
+        optimizer.update(model, grads, line=line)
+      else:
+        loss, grads = nnx.value_and_grad(loss_fn)(model, x, y)
+        value_fn = gen_optax.nnx_value_fn(model, loss_fn, x, y)
+        optimizer.update(model, grads, value_fn=value_fn)
+      return loss
+
+    for step in range(12):
+      train_step(model, optimizer, *_data(step))
+    runs.append((nnx.as_pure(nnx.state(model)), optimizer))
+  (state_a, opt_a), (state_b, opt_b) = runs
+  assert int(gen_optax.find_state(nnx.as_pure(opt_b.opt_state)).info.num_accepted) > 8
+  np.testing.assert_allclose(
+    gen_optax.learning_rate(nnx.as_pure(opt_a.opt_state)),
+    gen_optax.learning_rate(nnx.as_pure(opt_b.opt_state)),
+    rtol=1e-5,
+  )
+  assert _same(state_a, state_b, rtol=1e-4)
 
 
 class LinenNet(nn.Module):
@@ -185,6 +260,40 @@ def test_linen_train_state_with_gen_trains():
   # parameters, so the eval loss of any single step jumps around.
   assert np.mean(late) < 0.5 * initial, (initial, late)
   assert int(state.opt_state.info.num_accepted) > 50
+
+
+def test_linen_fused_line_takes_the_value_fn_steps():
+  model = nn.Sequential([nn.Dense(16), nn.tanh, nn.Dense(1)])
+  x, _ = _data(0)
+  params = model.init(jax.random.key(0), x)["params"]
+
+  def loss(params, x, y):
+    return jnp.mean((model.apply({"params": params}, x) - y) ** 2)
+
+  states = []
+  for fused in (False, True):
+    state = train_state.TrainState.create(
+      apply_fn=model.apply, params=params, tx=gen_optax.gen(optax.adam(1.0))
+    )
+
+    @jax.jit
+    def train_step(state, x, y, fused=fused):
+      if fused:
+        fn = gen_optax.value_and_grad(loss)
+        (_, grads), line = fn(state.params, state.opt_state, x, y)
+        return gen_optax.linen_apply_gradients(state, grads=grads, line=line)
+      grads = jax.grad(loss)(state.params, x, y)
+      value_fn = lambda p: loss(p, x, y)  # noqa: E731
+      return gen_optax.linen_apply_gradients(state, grads=grads, value_fn=value_fn)
+
+    for step in range(12):
+      state = train_step(state, *_data(step))
+    states.append(state)
+  assert int(states[1].opt_state.info.num_accepted) > 8
+  np.testing.assert_allclose(
+    states[0].opt_state.learning_rate, states[1].opt_state.learning_rate, rtol=1e-5
+  )
+  assert _same(states[0].params, states[1].params, rtol=1e-4)
 
 
 def test_nnx_value_fn_rejects_non_modules():

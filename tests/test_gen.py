@@ -100,8 +100,8 @@ def test_step_is_invariant_to_the_inner_learning_rate(x64, mode, make_inner):
       make_inner(scale),
       mode=mode,
       init_learning_rate=1e-3 / scale,
-      lr_min=1e-6 / scale,
-      lr_max=10.0 / scale,
+      min_learning_rate=1e-6 / scale,
+      max_learning_rate=10.0 / scale,
     )
     step = make_step(tx, loss)
     p, state = params, tx.init(params)
@@ -136,7 +136,7 @@ def test_running_means_and_growth_bounds(x64):
     warmup_growth=growth,
     max_growth=max_growth,
     init_learning_rate=init,
-    lr_max=1e3,
+    max_learning_rate=1e3,
   )
   theta = jnp.arange(4.0)
   state = tx.init(theta)
@@ -256,13 +256,13 @@ def test_concave_direction_is_measured_by_its_curvature_magnitude(x64):
   np.testing.assert_allclose(updates, -0.5 * g, rtol=1e-12)
 
 
-@pytest.mark.parametrize("bound", ["lr_max", "lr_min"])
+@pytest.mark.parametrize("bound", ["max_learning_rate", "min_learning_rate"])
 def test_learning_rate_is_clamped_to_bounds(x64, bound):
   a, b = spd_matrix(3), np.ones(3)
   loss = quadratic(a, b)
   g = jax.grad(loss)(jnp.zeros(3))
   cauchy = float(g @ g / (g @ a @ g))
-  limit = cauchy / 10 if bound == "lr_max" else cauchy * 10
+  limit = cauchy / 10 if bound == "max_learning_rate" else cauchy * 10
   settings = wide_open(**{bound: limit, "init_learning_rate": limit})
   tx = gen_optax.gen(optax.sgd(1.0), **settings)
   updates, state = tx.update(g, tx.init(jnp.zeros(3)), jnp.zeros(3), value_fn=loss)
@@ -448,7 +448,7 @@ def test_inner_state_advances_exactly_once_per_update():
   for _ in range(7):
     params, state, _ = step(params, state)
   assert int(optax.tree.get(state.inner_state, "count")) == 7
-  assert int(state.step) == 7
+  assert int(state.count) == 7
 
 
 def test_extra_args_reach_the_inner_optimizer(x64):
@@ -462,6 +462,8 @@ def test_extra_args_reach_the_inner_optimizer(x64):
   updates, state = tx.update(
     g, tx.init(theta), theta, value_fn=loss, value=value, grad=g
   )
+  # optax's `value` is the loss at θ on the gradient's batch; gen leaves it
+  # to the inner optimizer, which found a step with sufficient decrease.
   assert loss(theta + updates) < loss(theta)
   assert bool(state.info.accepted)
 
@@ -488,7 +490,7 @@ def test_jit_compiles_once_and_keeps_dtypes(mode, dtype):
   assert len(traces) == 1
   assert step._cache_size() == 1
   assert state.learning_rate.dtype == jnp.float32
-  assert state.step.dtype == jnp.int32
+  assert state.count.dtype == jnp.int32
   for leaf in jax.tree.leaves(params) + jax.tree.leaves(updates):
     assert leaf.dtype == dtype
   assert bool(jnp.isfinite(state.learning_rate))
@@ -510,7 +512,7 @@ def test_state_can_be_donated():
   params, state = step(jax.tree.map(jnp.copy, params), state)
   donated = jax.tree.leaves(state)
   params, state = step(params, state)
-  assert int(state.step) == 2
+  assert int(state.count) == 2
   # The buffers passed in were given to the computation: no copy of the state
   # (the previous step is params-sized) stays alive.
   assert all(x.is_deleted() for x in donated)
@@ -523,7 +525,7 @@ def test_nested_pytree_matches_flat_vector(x64, mode):
   flat_loss = lambda v: loss(unravel(v))  # noqa: E731
   results = []
   for p, f in ((params, loss), (flat, flat_loss)):
-    tx = gen_optax.gen(optax.adam(1.0), mode=mode, lr_max=10.0)
+    tx = gen_optax.gen(optax.adam(1.0), mode=mode, max_learning_rate=10.0)
     step = make_step(tx, f)
     state = tx.init(p)
     for _ in range(4):
@@ -584,10 +586,14 @@ def test_axis_name_makes_replicas_agree():
 @pytest.mark.parametrize(
   ("kwargs", "error", "match"),
   [
-    (dict(lr_min=-1e-3), ValueError, "lr_min=-0.001"),
-    (dict(lr_min=0.0), ValueError, "lr_min=0.0"),
-    (dict(lr_max=-1.0), ValueError, "lr_max=-1.0"),
-    (dict(lr_min=0.5, lr_max=0.1, init_learning_rate=0.2), ValueError, "lr_min=0.5"),
+    (dict(min_learning_rate=-1e-3), ValueError, "min_learning_rate=-0.001"),
+    (dict(min_learning_rate=0.0), ValueError, "min_learning_rate=0.0"),
+    (dict(max_learning_rate=-1.0), ValueError, "max_learning_rate=-1.0"),
+    (
+      dict(min_learning_rate=0.5, max_learning_rate=0.1, init_learning_rate=0.2),
+      ValueError,
+      "min_learning_rate=0.5",
+    ),
     (dict(init_learning_rate=5.0), ValueError, "init_learning_rate=5.0"),
     (dict(smoothing=1.0), ValueError, "smoothing=1.0"),
     (dict(smoothing=-0.1), ValueError, "smoothing=-0.1"),
@@ -598,14 +604,93 @@ def test_axis_name_makes_replicas_agree():
     (dict(slope_from="batch"), ValueError, "slope_from='batch'"),
     (dict(refresh_every=0), ValueError, "refresh_every=0"),
     (dict(refresh_every=2.0), TypeError, "refresh_every=2.0"),
-    (dict(lr_max="big"), TypeError, "lr_max='big'"),
-    (dict(multiplier=0.5), TypeError, "multiplier=0.5"),
+    (dict(max_learning_rate="big"), TypeError, "max_learning_rate='big'"),
+    (dict(multiplier=-0.5), ValueError, "multiplier=-0.5"),
+    (dict(multiplier="cosine"), TypeError, "multiplier='cosine'"),
+    (dict(warmup_growth=2.0, trust_ratio=2.0), ValueError, "warmup_growth=2.0 >="),
     (dict(axis_name=3), TypeError, "axis_name=3"),
   ],
 )
 def test_bad_configuration_raises_naming_the_argument(kwargs, error, match):
   with pytest.raises(error, match=match):
     gen_optax.gen(optax.adam(1.0), **kwargs)
+
+
+def test_warmup_growth_equal_to_trust_ratio_would_end_the_warm_up_at_once(x64):
+  """Why the check exists: with g ≥ ρ the first estimate passes the cap."""
+  a, b = spd_matrix(3), 100 * np.ones(3)  # α* ≫ init_learning_rate
+  loss = quadratic(a, b)
+  settings = dict(smoothing=0.0, max_growth=None, measure_along="current_update")
+  tx = gen_optax.gen(optax.sgd(1.0), warmup_growth=1.5, trust_ratio=2.0, **settings)
+  _, state, _ = make_step(tx, loss)(jnp.zeros(3), tx.init(jnp.zeros(3)))
+  assert bool(state.rule.warming_up)  # capped at α₀·g, the warm-up goes on
+  with pytest.raises(ValueError, match=r"warmup_growth=2\.0 >= trust_ratio=2\.0"):
+    gen_optax.gen(optax.sgd(1.0), warmup_growth=2.0, trust_ratio=2.0)
+
+
+def test_multiplier_number_scales_the_step_and_can_be_injected(x64):
+  a, b = spd_matrix(3), np.ones(3)
+  loss = quadratic(a, b)
+  params = jnp.zeros(3)
+  grads = jax.grad(loss)(params)
+  plain = gen_optax.gen(optax.sgd(1.0), **wide_open())
+  half = gen_optax.gen(optax.sgd(1.0), multiplier=0.5, **wide_open())
+  injected = optax.inject_hyperparams(gen_optax.gen, static_args=("refresh_every",))(
+    inner=optax.sgd(1.0), multiplier=0.5, **wide_open()
+  )
+  u, _ = plain.update(grads, plain.init(params), params, value_fn=loss)
+  for tx in (half, injected):
+    v, state = tx.update(grads, tx.init(params), params, value_fn=loss)
+    np.testing.assert_allclose(v, 0.5 * u, rtol=1e-12)
+    # α is the line's minimiser; the multiplier scales the step only.
+    np.testing.assert_allclose(
+      gen_optax.learning_rate(state), -(grads @ -grads) / (grads @ a @ grads)
+    )
+
+
+@pytest.mark.parametrize(
+  "inner",
+  [
+    optax.adam(optax.cosine_decay_schedule(1.0, 100)),
+    optax.inject_hyperparams(optax.adam)(
+      learning_rate=optax.linear_schedule(1.0, 0.1, 100)
+    ),
+  ],
+  ids=["adam(schedule)", "inject_hyperparams(schedule)"],
+)
+def test_a_schedule_inside_the_inner_optimizer_warns(inner):
+  with pytest.warns(UserWarning, match="multiplier=schedule"):
+    gen_optax.gen(inner).init(jnp.ones(2))
+
+
+def test_a_constant_inner_learning_rate_does_not_warn():
+  import warnings
+
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    gen_optax.gen(optax.inject_hyperparams(optax.adam)(learning_rate=1.0)).init(
+      jnp.ones(2)
+    )
+
+
+def test_unknown_extra_arguments_raise_instead_of_being_dropped():
+  params = jnp.ones(2)
+  loss = lambda p: jnp.sum(p**2)  # noqa: E731
+  tx = gen_optax.gen(optax.adam(1.0))
+  state = tx.init(params)
+  with pytest.raises(TypeError, match=r"refersh=\.\.\.; did you mean refresh="):
+    tx.update(params, state, params, value_fn=loss, refersh=True)
+  with pytest.raises(TypeError, match="did you mean value_fn="):
+    tx.update(params, state, params, valuefn=loss, refresh=False)
+  plain = optax.GradientTransformation(optax.scale(-1.0).init, optax.scale(-1.0).update)
+  tx = gen_optax.gen(plain)
+  with pytest.raises(TypeError, match=r"\['batch'\] that neither gen"):
+    tx.update(params, tx.init(params), params, value_fn=loss, batch=1)
+  # optax's own extra arguments pass to an inner that reads them.
+  inner = optax.chain(optax.sgd(1.0), optax.scale_by_backtracking_linesearch(5))
+  tx = gen_optax.gen(inner)
+  value, grads = jax.value_and_grad(loss)(params)
+  tx.update(grads, tx.init(params), params, value_fn=loss, value=value, grad=grads)
 
 
 def test_inner_must_be_a_gradient_transformation():

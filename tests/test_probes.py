@@ -43,23 +43,28 @@ def test_probe_curvature_converges_at_the_expected_order(x64):
   params, loss = tanh_mlp(seed=1)
   flat, unravel = ravel_pytree(params)
   u = unravel(jax.random.normal(jax.random.key(5), flat.shape, flat.dtype))
-  exact = gen_optax.line_derivatives(loss, params, u)
+  exact = gen_optax.measure_line(loss, params, u)
+  gradient = jax.grad(loss)(params)
   steps = [0.01, 0.005, 0.0025]
 
   symmetric = _errors(
-    lambda h: gen_optax.line_probes(loss, params, u, h).curvature,
+    lambda h: (
+      gen_optax.measure_line(loss, params, u, mode="probes", step_size=h).curvature
+    ),
     float(exact.curvature),
     steps,
   )
   one_probe = _errors(
-    lambda h: gen_optax.one_probe_curvature(
-      loss, params, u, h, exact.value, exact.slope
+    lambda h: (
+      gen_optax.measure_line(
+        loss, params, u, mode="one-probe", step_size=h, gradient=gradient
+      ).curvature
     ),
     float(exact.curvature),
     steps,
   )
   symmetric_slope = _errors(
-    lambda h: gen_optax.line_probes(loss, params, u, h).slope,
+    lambda h: gen_optax.measure_line(loss, params, u, mode="probes", step_size=h).slope,
     float(exact.slope),
     steps,
   )
@@ -118,10 +123,11 @@ def test_r2_gate_rejects_a_non_quadratic_profile_and_keeps_alpha():
 
 def test_zero_step_size_gives_non_finite_fit_without_raising():
   loss = lambda p: jnp.sum(p**2)  # noqa: E731
-  fit = gen_optax.line_probes(loss, jnp.ones(2), jnp.ones(2), 0.0)
-  assert not np.isfinite(float(fit.curvature))
-  c = gen_optax.one_probe_curvature(loss, jnp.ones(2), jnp.ones(2), 0.0, 2.0, -4.0)
-  assert not np.isfinite(float(c))
+  for mode in ("probes", "one-probe"):
+    fit = gen_optax.measure_line(
+      loss, jnp.ones(2), jnp.ones(2), mode=mode, step_size=0.0
+    )
+    assert not np.isfinite(float(fit.curvature))
 
 
 @pytest.mark.parametrize(
@@ -144,7 +150,7 @@ def test_probe_step_that_underflows_falls_back(mode, measure_along, expected):
     measure_along=measure_along,
     slope_from="gradient",
     init_learning_rate=1e-30,
-    lr_min=1e-30,
+    min_learning_rate=1e-30,
   )
   grads = jax.grad(loss)(params)
   state = tx.init(params)
@@ -170,7 +176,8 @@ def test_non_finite_probe_loss_falls_back(mode):
   np.testing.assert_allclose(updates, -0.9 * grads)
 
 
-def _count_evaluations(mode, slope_from, pass_value):
+def _count_evaluations(mode, slope_from, fused):
+  """Forward passes of the loss in one step beyond the gradient's own."""
   params, loss = tanh_mlp(dtype=jnp.float32)
   calls = []
 
@@ -179,30 +186,32 @@ def _count_evaluations(mode, slope_from, pass_value):
     return loss(p)
 
   tx = gen_optax.gen(optax.adam(1.0), mode=mode, slope_from=slope_from)
-  value, grads = jax.value_and_grad(loss)(params)
-  extra = dict(value=value) if pass_value else {}
-  jax.block_until_ready(
-    jax.jit(lambda s: tx.update(grads, s, params, value_fn=counted, **extra))(
-      tx.init(params)
-    )
-  )
+
+  def step(state):
+    if fused:
+      (_, grads), line = gen_optax.value_and_grad(counted, mode=mode)(params, state)
+      return tx.update(grads, state, params, line=line)
+    grads = jax.grad(counted)(params)
+    return tx.update(grads, state, params, value_fn=counted)
+
+  jax.block_until_ready(jax.jit(step)(tx.init(params)))
   jax.effects_barrier()
-  return len(calls)
+  return len(calls) - 1
 
 
 @pytest.mark.parametrize(
-  ("mode", "slope_from", "pass_value", "forward_passes"),
+  ("mode", "slope_from", "fused", "forward_passes"),
   [
-    ("probes", "value_fn", False, 3),  # L(θ), L(θ+hu), L(θ−hu)
-    ("probes", "value_fn", True, 2),
+    ("probes", "value_fn", False, 3),  # L(θ), L(θ+hd), L(θ−hd)
+    ("probes", "value_fn", True, 2),  # L(θ) from the gradient pass
     ("one-probe", "gradient", False, 2),
     ("one-probe", "gradient", True, 1),  # the paper's one forward pass
   ],
 )
-def test_value_extra_arg_saves_a_forward_pass(
-  mode, slope_from, pass_value, forward_passes
+def test_the_fused_measurement_saves_a_forward_pass(
+  mode, slope_from, fused, forward_passes
 ):
-  assert _count_evaluations(mode, slope_from, pass_value) == forward_passes
+  assert _count_evaluations(mode, slope_from, fused) == forward_passes
 
 
 @jax.custom_vjp
@@ -247,3 +256,36 @@ def test_probe_modes_work_on_a_custom_vjp_model():
 def test_bad_probe_settings_raise(kwargs, match):
   with pytest.raises(ValueError, match=match):
     gen_optax.gen(optax.sgd(1.0), mode="probes", **kwargs)
+
+
+def test_one_probe_with_the_gradient_slope_promotes_a_float16_loss():
+  """L(θ+hd) − L − h·L' over h² underflows in float16: it must not be float16.
+
+  Before the promotion every refresh of this run was discarded (non-finite).
+  """
+  params, loss = tanh_mlp(dtype=jnp.float16)  # float16 data: a float16 loss
+  # SGD: Adam's eps (1e-8) is 0 in float16, and its first update 0/0 NaN.
+  tx = gen_optax.gen(optax.sgd(1.0), mode="one-probe", slope_from="gradient")
+  step = make_step(tx, loss)
+  p, state, _ = step(params, tx.init(params))
+  p, state, _ = step(p, state)
+  # Before the promotion: NON_FINITE here, and at every later refresh.
+  assert state.info.curvature.dtype == jnp.float32
+  assert Status(int(state.info.status)) == Status.ACCEPTED
+  assert np.isfinite(float(state.info.curvature))
+
+
+def test_optax_value_of_another_batch_does_not_enter_the_probe_fit(x64):
+  """optax's `value` is the loss on the gradient's batch; value_fn may see
+  another.  gen used to take `value` as value_fn(θ): a wrong fit, silently."""
+  params, loss_a = tanh_mlp(seed=0)
+  _, loss_b = tanh_mlp(seed=1)  # "another batch": other data, same shapes
+  tx = gen_optax.gen(optax.adam(1.0), mode="probes", **wide_open())
+  state = tx.init(params)
+  grads = jax.grad(loss_a)(params)
+  _, with_value = tx.update(grads, state, params, value_fn=loss_b, value=loss_a(params))
+  _, without = tx.update(grads, state, params, value_fn=loss_b)
+  np.testing.assert_allclose(
+    with_value.info.curvature, without.info.curvature, rtol=1e-12
+  )
+  np.testing.assert_allclose(with_value.info.loss, loss_b(params), rtol=1e-12)

@@ -15,9 +15,9 @@ import optax
 class MultiStepsState(NamedTuple):
   """State of :func:`multi_steps`."""
 
-  mini_step: jax.Array  # scalar int32, in [0, every_k)
-  acc_grads: optax.Updates  # mean of this cycle's gradients (≥ float32)
-  inner_state: optax.OptState  # state of the wrapped transformation
+  mini_step: jax.Array  #: scalar int32, in [0, every_k)
+  acc_grads: optax.Updates  #: mean of this cycle's gradients (≥ float32)
+  inner_state: optax.OptState  #: state of the wrapped transformation
 
 
 def multi_steps(

@@ -4,11 +4,15 @@ Flax is an optional dependency (``pip install gen_optax[flax]``): it is
 imported when these functions are called, not when ``gen_optax`` is.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 import optax
+
+from gen_optax._src import fused as fused_lib
+from gen_optax._src import line as line_lib
+from gen_optax._src.line import LineMeasurement, Mode
 
 
 def nnx_value_fn(
@@ -94,6 +98,111 @@ def nnx_value_fn(
     return loss_fn(copy, *args, **kwargs)
 
   return value_fn
+
+
+def nnx_value_and_grad(
+  loss_fn: Callable[..., Any],
+  *,
+  has_aux: bool = False,
+  mode: Mode = "forward-over-reverse",
+  probe_multipliers: Sequence[float] = (-1.0, 0.0, 1.0),
+  refresh: bool = True,
+  wrt: Any = None,
+) -> Callable[..., tuple[tuple[Any, Any], LineMeasurement | None]]:
+  r"""``nnx.value_and_grad`` that also measures the loss along GeN's line.
+
+  The NNX form of :func:`value_and_grad`: one traced computation gives the
+  loss :math:`L(\theta)`, its gradient with respect to the ``wrt`` state, and
+  the :class:`LineMeasurement` :math:`(L, L'(\theta)[d], L''(\theta)[d, d])`
+  along the step :math:`d` that GeN (inside ``optimizer``) took last.  Like
+  ``nnx.value_and_grad``, the model is called as it is (training mode, its
+  RNG streams), and the state it changes (BatchNorm statistics, RNG counters)
+  is written back to ``model``.
+
+  Args:
+    loss_fn: ``loss_fn(model, *args, **kwargs) -> scalar`` (or
+      ``(scalar, aux)`` with ``has_aux``).
+    has_aux: whether ``loss_fn`` returns ``(loss, aux)``.
+    mode: how the line is measured, one of :func:`measure_line`'s modes.
+    probe_multipliers: the probe points of ``mode="probes"``.
+    refresh: a static Python bool; ``False`` skips the measurement
+      (``line=None``); pass the same flag to ``optimizer.update``.
+    wrt: the filter of the trained state, as given to ``nnx.Optimizer``
+      (default ``nnx.Param``).
+
+  Returns:
+    ``fn(model, optimizer, *args, **kwargs) -> ((value, grads), line)``, with
+    ``grads`` an ``nnx.State`` as ``nnx.value_and_grad`` returns it; then
+    ``optimizer.update(model, grads, line=line)``.
+
+  Example:
+    >>> import jax.numpy as jnp, optax
+    >>> from flax import nnx
+    >>> import gen_optax
+    >>> model = nnx.Linear(2, 1, rngs=nnx.Rngs(0))
+    >>> optimizer = nnx.Optimizer(
+    ...     model, gen_optax.gen(optax.adam(1.0)), wrt=nnx.Param)
+    >>> x, y = jnp.ones((4, 2)), jnp.zeros((4, 1))
+    >>> loss_fn = lambda m, x, y: jnp.mean((m(x) - y) ** 2)
+    >>> @nnx.jit
+    ... def train_step(model, optimizer, x, y):
+    ...   (loss, grads), line = gen_optax.nnx_value_and_grad(loss_fn)(
+    ...       model, optimizer, x, y)
+    ...   optimizer.update(model, grads, line=line)
+    ...   return loss
+    >>> losses = [float(train_step(model, optimizer, x, y)) for _ in range(3)]
+    >>> losses[-1] < losses[0]
+    True
+
+  References:
+    Bu & Xu, *Gradient descent with generalized Newton's method*, ICLR 2025,
+    https://arxiv.org/abs/2407.02772
+  """
+  from flax import nnx  # optional dependency
+
+  fused_lib.validate_settings(mode, probe_multipliers, refresh)
+  trained = nnx.Param if wrt is None else wrt
+
+  def value_grad_and_line(
+    model: Any, optimizer: Any, *args: Any, **kwargs: Any
+  ) -> tuple[tuple[Any, Any], LineMeasurement | None]:
+    if not isinstance(model, nnx.Module):
+      raise TypeError(f"model must be a flax.nnx.Module, got model={model!r}.")
+    graphdef, params, *others = nnx.split(model, trained, ...)
+    rest = nnx.as_pure(others[0])  # fresh Variables per call: nothing shared
+
+    def loss(p: Any) -> tuple[jax.Array, Any]:
+      copy = nnx.merge(graphdef, p, rest)
+      out = loss_fn(copy, *args, **kwargs)
+      value, aux = out if has_aux else (out, None)
+      return value, (aux, nnx.as_pure(nnx.state(copy, nnx.Not(trained))))
+
+    if refresh:
+      direction = fused_lib.previous_step(nnx.as_pure(optimizer.opt_state))
+      # The stored step as the Variables of params (tangents match primals).
+      direction = jax.tree.map(
+        lambda v, d: v.replace(d),
+        params,
+        direction,
+        is_leaf=lambda x: isinstance(x, nnx.Variable),
+      )
+      (value, (aux, changed)), grads, line = line_lib.value_grad_and_line(
+        loss,
+        params,
+        direction,
+        has_aux=True,
+        mode=mode,
+        probe_multipliers=probe_multipliers,
+      )
+    else:
+      ((value, (aux, changed)), grads), line = (
+        jax.value_and_grad(loss, has_aux=True)(params),
+        None,
+      )
+    nnx.update(model, changed)
+    return ((value, aux) if has_aux else value, grads), line
+
+  return value_grad_and_line
 
 
 def linen_apply_gradients(state: Any, *, grads: Any, **extra_args: Any) -> Any:

@@ -1,5 +1,7 @@
 """GeN: the generalized-Newton learning rate of any optax optimizer."""
 
+import difflib
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, NamedTuple, get_args
 
@@ -7,33 +9,31 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from gen_optax._src import curvature as curvature_lib
-from gen_optax._src import probes as probes_lib
+from gen_optax._src import line as line_lib
 from gen_optax._src import rule as rule_lib
+from gen_optax._src.line import LineMeasurement, Mode
 from gen_optax._src.rule import Status
 
-Mode = Literal["forward-over-reverse", "forward-over-forward", "probes", "one-probe"]
-MODES: tuple[str, ...] = get_args(Mode)
 SlopeFrom = Literal["value_fn", "gradient"]
 SLOPE_SOURCES: tuple[str, ...] = get_args(SlopeFrom)
 MeasureAlong = Literal["previous_step", "current_update"]
 MEASURE_ALONG: tuple[str, ...] = get_args(MeasureAlong)
 
-__all__ = ("GeNInfo", "GeNState", "Status", "gen")
+__all__ = ("GeNInfo", "GeNState", "Status", "find_state", "gen", "learning_rate")
 
 
 class GeNInfo(NamedTuple):
   """Diagnostics of the last learning-rate refresh (kept between refreshes)."""
 
-  raw_learning_rate: jax.Array  # scalar float, this measurement's own estimate of α
-  slope: jax.Array  # scalar float, L'(θ)[d] along the measured direction d
-  curvature: jax.Array  # scalar float, L''(θ)[d, d] (may be negative)
-  loss: jax.Array  # scalar float, value_fn(θ)
-  fit_r2: jax.Array  # scalar float, R² of the probe fit (1 for exact modes)
-  weight: jax.Array  # scalar float, weight of this measurement in the running means
-  status: jax.Array  # scalar int32, a `Status`
-  num_refreshes: jax.Array  # scalar int32, refreshes so far
-  num_accepted: jax.Array  # scalar int32, accepted refreshes so far
+  raw_learning_rate: jax.Array  #: scalar float, this measurement's own estimate of α
+  slope: jax.Array  #: scalar float, L'(θ)[d] along the measured direction d
+  curvature: jax.Array  #: scalar float, L''(θ)[d, d] (may be negative)
+  loss: jax.Array  #: scalar float, value_fn(θ)
+  fit_r2: jax.Array  #: scalar float, R² of the probe fit (1 for exact modes)
+  weight: jax.Array  #: scalar float, weight of this measurement in the running means
+  status: jax.Array  #: scalar int32, a `Status`
+  num_refreshes: jax.Array  #: scalar int32, refreshes so far
+  num_accepted: jax.Array  #: scalar int32, accepted refreshes so far
 
   @property
   def accepted(self) -> jax.Array:
@@ -44,17 +44,88 @@ class GeNInfo(NamedTuple):
 class GeNState(NamedTuple):
   """State of :func:`gen`."""
 
-  step: jax.Array  # scalar int32, number of updates so far
-  rule: rule_lib.RuleState  # α, the running means and the warm-up phase
-  previous_step: optax.Updates  # the last update returned (like params), or empty
-  previous_slope: jax.Array  # scalar float, ⟨g, d⟩ of that step on its own batch
-  inner_state: optax.OptState  # state of the wrapped optimizer
-  info: GeNInfo  # diagnostics of the last refresh
+  #: scalar int32, number of updates so far (named as optax names its
+  #: counters, which shadows ``tuple.count`` as optax's states do)
+  count: jax.Array  # type: ignore[assignment]
+  rule: rule_lib.RuleState  #: α, the running means and the warm-up phase
+  previous_step: optax.Updates  #: the last update returned (like params), or empty
+  #: scalar float, ⟨g, d⟩ of that step on its own batch (kept only for
+  #: ``smoothing=None``, whose weight needs the noise; else 0)
+  previous_slope: jax.Array
+  inner_state: optax.OptState  #: state of the wrapped optimizer
+  info: GeNInfo  #: diagnostics of the last refresh
 
   @property
   def learning_rate(self) -> jax.Array:
     """α, in units of the inner update (scalar float, at least float32)."""
     return self.rule.learning_rate
+
+
+def find_state(opt_state: optax.OptState) -> GeNState:
+  """The one :class:`GeNState` inside ``opt_state``, however it is nested.
+
+  Finds GeN's state inside ``optax.chain``, ``optax.inject_hyperparams``,
+  :func:`multi_steps`, ``nnx.Optimizer.opt_state`` (as plain arrays with
+  ``nnx.as_pure``) or any other pytree of optimizer states.
+
+  Args:
+    opt_state: the state of an optimizer that contains one :func:`gen`.
+
+  Returns:
+    That :class:`GeNState`.
+
+  Raises:
+    ValueError: if ``opt_state`` contains no GeN state, or more than one.
+
+  Example:
+    >>> import jax.numpy as jnp, optax
+    >>> import gen_optax
+    >>> tx = optax.chain(optax.clip(1.0), gen_optax.gen(optax.adam(1.0)))
+    >>> state = gen_optax.find_state(tx.init(jnp.zeros(2)))
+    >>> int(state.count)
+    0
+
+  References:
+    Bu & Xu, *Gradient descent with generalized Newton's method*, ICLR 2025,
+    https://arxiv.org/abs/2407.02772
+  """
+  is_gen = lambda x: isinstance(x, GeNState)  # noqa: E731
+  found = [x for x in jax.tree.leaves(opt_state, is_leaf=is_gen) if is_gen(x)]
+  if len(found) != 1:
+    raise ValueError(
+      f"opt_state must contain exactly one GeNState, found {len(found)} in "
+      f"opt_state of type {type(opt_state).__name__}."
+    )
+  return found[0]
+
+
+def learning_rate(opt_state: optax.OptState) -> jax.Array:
+  r"""GeN's learning rate :math:`\alpha` from any optimizer state containing it.
+
+  Unlike ``optax.tree.get(opt_state, "learning_rate")``, this never confuses
+  :math:`\alpha` with a ``learning_rate`` of the inner optimizer (under
+  ``optax.inject_hyperparams``, or a line search's).  The step applied is
+  :math:`m(t)\,\alpha\,u`.
+
+  Args:
+    opt_state: the state of an optimizer that contains one :func:`gen`.
+
+  Returns:
+    :math:`\alpha`, a float scalar (at least float32).
+
+  Example:
+    >>> import jax.numpy as jnp, optax
+    >>> import gen_optax
+    >>> inner = optax.inject_hyperparams(optax.adam)(learning_rate=1.0)
+    >>> tx = gen_optax.gen(inner, init_learning_rate=0.01)
+    >>> print(f"{gen_optax.learning_rate(tx.init(jnp.zeros(2))):.3g}")
+    0.01
+
+  References:
+    Bu & Xu, *Gradient descent with generalized Newton's method*, ICLR 2025,
+    https://arxiv.org/abs/2407.02772
+  """
+  return find_state(opt_state).learning_rate
 
 
 def _as_number(name: str, value: Any) -> float | None:
@@ -71,6 +142,42 @@ def _has_masked_nodes(tree: Any) -> bool:
   """Whether `tree` comes from inside `optax.masked`/`optax.partition`."""
   is_masked = lambda x: isinstance(x, optax.MaskedNode)  # noqa: E731
   return any(map(is_masked, jax.tree.leaves(tree, is_leaf=is_masked)))
+
+
+GEN_EXTRA_ARGS = ("value_fn", "line", "refresh")
+
+
+def _check_extra_args(extra_args: dict[str, Any], inner_takes_them: bool) -> None:
+  """Raises TypeError for extra arguments that nothing would read.
+
+  A name close to one of gen's own (``refersh``) is a typo whatever the
+  inner; an inner without extra-argument support would drop any other.
+  """
+  for name in extra_args:
+    close = difflib.get_close_matches(name, GEN_EXTRA_ARGS, n=1, cutoff=0.8)
+    if close:
+      raise TypeError(
+        f"gen's update got an unknown extra argument {name}=...; did you mean "
+        f"{close[0]}=...? gen takes {', '.join(GEN_EXTRA_ARGS)}."
+      )
+  if extra_args and not inner_takes_them:
+    raise TypeError(
+      f"gen's update got extra arguments {sorted(extra_args)} that neither gen "
+      f"(which takes {', '.join(GEN_EXTRA_ARGS)}) nor its inner optimizer "
+      "(a plain GradientTransformation) reads."
+    )
+
+
+def _holds_a_schedule(inner_state: optax.OptState) -> bool:
+  """Whether the inner optimizer's state belongs to a learning-rate schedule.
+
+  ``optax.adam(schedule)`` holds a ``ScaleByScheduleState``;
+  ``inject_hyperparams`` a ``WrappedScheduleState`` per scheduled value.
+  """
+  names = {"ScaleByScheduleState", "WrappedScheduleState"}
+  is_schedule = lambda x: type(x).__name__ in names  # noqa: E731
+  leaves = jax.tree.leaves(inner_state, is_leaf=is_schedule)
+  return any(map(is_schedule, leaves))
 
 
 def _varying(tree: Any, axis_name: str | tuple[str, ...]) -> Any:
@@ -98,8 +205,8 @@ def _validate(
   measure_along: Any,
   slope_from: Any,
   init_learning_rate: Any,
-  lr_min: Any,
-  lr_max: Any,
+  min_learning_rate: Any,
+  max_learning_rate: Any,
   smoothing: Any,
   relative_error: Any,
   trust_ratio: Any,
@@ -120,8 +227,7 @@ def _validate(
       "inner must be an optax.GradientTransformation (e.g. optax.adam(1.0)), "
       f"got inner={inner!r}."
     )
-  if mode not in MODES:
-    raise ValueError(f"mode must be one of {MODES}, got mode={mode!r}.")
+  line_lib.validate_mode(mode, probe_multipliers)
   if measure_along not in MEASURE_ALONG:
     raise ValueError(
       f"measure_along must be one of {MEASURE_ALONG}, "
@@ -131,23 +237,30 @@ def _validate(
     raise ValueError(
       f"slope_from must be one of {SLOPE_SOURCES}, got slope_from={slope_from!r}."
     )
-  low = _as_number("lr_min", lr_min)
-  high = _as_number("lr_max", lr_max)
+  low = _as_number("min_learning_rate", min_learning_rate)
+  high = _as_number("max_learning_rate", max_learning_rate)
   init = _as_number("init_learning_rate", init_learning_rate)
   if low is not None and not low > 0:
-    raise ValueError(f"lr_min must be > 0, got lr_min={lr_min!r}.")
+    raise ValueError(
+      f"min_learning_rate must be > 0, got min_learning_rate={min_learning_rate!r}."
+    )
   if high is not None and not high > 0:
-    raise ValueError(f"lr_max must be > 0, got lr_max={lr_max!r}.")
+    raise ValueError(
+      f"max_learning_rate must be > 0, got max_learning_rate={max_learning_rate!r}."
+    )
   if low is not None and high is not None and low > high:
     raise ValueError(
-      f"lr_min must be <= lr_max, got lr_min={lr_min!r} > lr_max={lr_max!r}."
+      "min_learning_rate must be <= max_learning_rate, got "
+      f"min_learning_rate={min_learning_rate!r} > "
+      f"max_learning_rate={max_learning_rate!r}."
     )
   if init is not None and not (
     (low is None or init >= low) and (high is None or init <= high)
   ):
     raise ValueError(
-      "init_learning_rate must lie in [lr_min, lr_max] = "
-      f"[{lr_min!r}, {lr_max!r}], got init_learning_rate={init_learning_rate!r}."
+      "init_learning_rate must lie in [min_learning_rate, max_learning_rate] = "
+      f"[{min_learning_rate!r}, {max_learning_rate!r}], "
+      f"got init_learning_rate={init_learning_rate!r}."
     )
   gamma = None if smoothing is None else _as_number("smoothing", smoothing)
   if gamma is not None and not 0 <= gamma < 1:
@@ -159,6 +272,7 @@ def _validate(
     raise ValueError(
       f"relative_error must be > 0, got relative_error={relative_error!r}."
     )
+  rho = growth = None
   if trust_ratio is not None:
     rho = _as_number("trust_ratio", trust_ratio)
     if rho is not None and not rho >= 1:
@@ -171,6 +285,13 @@ def _validate(
       raise ValueError(
         f"warmup_growth must be > 1 or None, got warmup_growth={warmup_growth!r}."
       )
+  if rho is not None and growth is not None and not growth < rho:
+    # The first accepted estimate may exceed the cap α₀gⁿ by at most ρ: with
+    # g ≥ ρ the cap never binds, and the warm-up would end at once.
+    raise ValueError(
+      "warmup_growth must be < trust_ratio (or one of them None), got "
+      f"warmup_growth={warmup_growth!r} >= trust_ratio={trust_ratio!r}."
+    )
   if max_growth is not None:
     limit = _as_number("max_growth", max_growth)
     if limit is not None and not limit >= 1:
@@ -186,23 +307,13 @@ def _validate(
     raise ValueError(
       f"refresh_every must be >= 1, got refresh_every={refresh_every!r}."
     )
-  if multiplier is not None and not callable(multiplier):
-    raise TypeError(
-      "multiplier must be an optax schedule (a function of the step count) or "
-      f"None, got multiplier={multiplier!r}."
-    )
-  try:
-    nonzero = {_as_number("probe_multipliers", m) for m in probe_multipliers} - {0.0}
-  except TypeError:
-    raise TypeError(
-      "probe_multipliers must be a sequence of numbers, "
-      f"got probe_multipliers={probe_multipliers!r}."
-    ) from None
-  if len(nonzero) < 2:
-    raise ValueError(
-      "probe_multipliers need at least two distinct non-zero values, "
-      f"got probe_multipliers={probe_multipliers!r}."
-    )
+  if not callable(multiplier):
+    factor = _as_number("multiplier", multiplier)
+    if factor is not None and not factor > 0:
+      raise ValueError(
+        "multiplier must be > 0 or an optax schedule (a function of the step "
+        f"count), got multiplier={multiplier!r}."
+      )
   if min_r2 is not None:
     r2 = _as_number("min_r2", min_r2)
     if r2 is not None and not r2 <= 1:
@@ -230,15 +341,15 @@ def gen(
   measure_along: MeasureAlong = "previous_step",
   slope_from: SlopeFrom = "value_fn",
   init_learning_rate: float = 1e-3,
-  lr_min: float = 1e-6,
-  lr_max: float = 1.0,
+  min_learning_rate: float = 1e-6,
+  max_learning_rate: float = 1.0,
   smoothing: float | None = 0.98,
   relative_error: float = 0.1,
   trust_ratio: float | None = 2.0,
   warmup_growth: float | None = 1.2,
   max_growth: float | None = 1.02,
   refresh_every: int = 1,
-  multiplier: optax.Schedule | None = None,
+  multiplier: float | optax.Schedule = 1.0,
   probe_multipliers: Sequence[float] = (-1.0, 0.0, 1.0),
   min_r2: float | None = 0.99,
   axis_name: str | tuple[str, ...] | None = None,
@@ -314,7 +425,13 @@ def gen(
   one, keeps ``init_learning_rate``), anything is non-finite or a probe fit
   poor; :math:`\alpha` is kept then, and when :math:`\bar\sigma \ge 0`;
   :class:`Status` records why.  The returned updates are
-  :math:`m(t)\,\alpha\, u`, with :math:`m` the optional ``multiplier``.
+  :math:`m(t)\,\alpha\, u`, with :math:`m` the ``multiplier``.
+
+  **Schedules go in** ``multiplier``.  :math:`\alpha` absorbs any scale of
+  :math:`u`, so a learning-rate schedule inside ``inner`` is cancelled (except
+  where it changes faster than α may follow); ``gen`` warns when the inner
+  state holds one.  ``multiplier=optax.cosine_decay_schedule(1.0, T)`` decays
+  the step itself.
 
   **Why this rule** (each part measured on four problems of the selection half
   of ``benchmarks/quality.py``, see ``docs/method.md``):
@@ -337,7 +454,7 @@ def gen(
     stalls at 2.7 nats against 1.5 for tuned AdamW); the cap
     :math:`\alpha_0 g^n` makes it a geometric warm-up from ``init_learning_rate``
     that ends when an estimate falls below the cap (at the latest when the
-    cap passes ``lr_max``, 38 refreshes from 1e-3 at :math:`g = 1.2`).
+    cap passes ``max_learning_rate``, 38 refreshes from 1e-3 at :math:`g = 1.2`).
   * *Slow growth afterwards.*  Near interpolation the greedy step keeps its
     length while Adam's update shrinks, so :math:`\alpha^\star` climbs (on a
     digits CNN from 0.02 to 0.4 in 200 steps, against a best constant rate of
@@ -348,22 +465,31 @@ def gen(
   **Units.** :math:`\alpha^\star u` does not depend on the scale of :math:`u`,
   so the inner optimizer's own learning rate cancels out: build it with
   learning rate ``1.0`` (``gen(optax.adamw(1.0))``) and :math:`\alpha` *is* the
-  learning rate.  ``init_learning_rate``, ``lr_min`` and ``lr_max`` are in
-  units of the inner update.
+  learning rate.  ``init_learning_rate``, ``min_learning_rate`` and
+  ``max_learning_rate`` are in units of the inner update.
 
-  **Modes.** How the quadratic model along :math:`u` is obtained:
+  **Modes.** How the quadratic model along the line is obtained (each one
+  a function of :func:`measure_line`):
 
   * ``"forward-over-reverse"`` (default): exact, ``jax.jvp`` over ``jax.grad``
     (a Hessian-vector product); differentiates ``jax.custom_vjp`` too.
   * ``"forward-over-forward"``: exact, ``jax.jvp`` of ``jax.jvp``; cheaper and
     stores no backward activations, but needs forward-mode rules everywhere.
   * ``"probes"``: forward-only, the paper's fit of losses at
-    :math:`\theta + s_i h u` for ``probe_multipliers`` :math:`s_i` with
-    :math:`h = \alpha` (:func:`line_probes`); more than three points activate
-    the :math:`R^2 \geq` ``min_r2`` gate.
+    :math:`\theta + s_i h d` for ``probe_multipliers`` :math:`s_i`, with
+    :math:`d` the previous step and :math:`h = 1` (along the current update:
+    :math:`d = u`, :math:`h = \alpha`); more than three points activate the
+    :math:`R^2 \geq` ``min_r2`` gate.
   * ``"one-probe"``: the exact slope and one probe at :math:`+h`,
-    :math:`c = 2(L(\theta+hu) - L(\theta) - h\,L'(\theta)[u])/h^2`
-    (:func:`one_probe_curvature`).
+    :math:`c = 2(L(\theta+hu) - L(\theta) - h\,L'(\theta)[u])/h^2`.
+
+  **One pass.**  Along the previous step the direction is known before the
+  gradient, on the same batch and at the same point, so the measurement can
+  be computed *with* the gradient: :func:`value_and_grad` returns the loss,
+  the gradient and the :class:`LineMeasurement` of one traced computation
+  (one ``jax.jvp`` of ``jax.value_and_grad`` for the default mode), and
+  ``tx.update(grads, state, params, line=line)`` uses it instead of
+  evaluating ``value_fn``.
 
   **Where the slope comes from.** ``slope_from="value_fn"`` (default) takes
   the slope from ``value_fn``, the same function whose curvature is measured;
@@ -392,8 +518,8 @@ def gen(
     slope_from: ``"value_fn"`` or ``"gradient"``, see above.
     init_learning_rate: α until the first accepted estimate, and the start of
       the warm-up cap.
-    lr_min: lower clamp of α, > 0.
-    lr_max: upper clamp of α.
+    min_learning_rate: lower clamp of α, > 0.
+    max_learning_rate: upper clamp of α.
     smoothing: :math:`\gamma \in [0, 1)`, weight of the past in the running
       means of slope and curvature; ``None``: the weight follows the measured
       noise (exact on noiseless losses; see docs/method.md for where it loses).
@@ -408,8 +534,10 @@ def gen(
       warm-up; ``None`` leaves only ``trust_ratio`` to bound it.
     refresh_every: recompute α every this many steps; steps in between reuse
       it and do no curvature work (``jax.lax.cond``).
-    multiplier: optional optax schedule :math:`m(t)` multiplying the step, e.g.
-      ``optax.cosine_decay_schedule(1.0, T)`` for a horizon-aware decay.
+    multiplier: :math:`m(t) > 0` multiplying the step: a number, or an optax
+      schedule of the step count, e.g. ``optax.cosine_decay_schedule(1.0, T)``
+      for a horizon-aware decay; a number may be injected with
+      ``optax.inject_hyperparams``.
     probe_multipliers: the :math:`s_i` of ``mode="probes"``.
     min_r2: the least :math:`R^2` a probe fit of more than three points must
       reach to be accepted (gen-optim uses 0.99); ``None`` disables the gate.
@@ -421,12 +549,14 @@ def gen(
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose ``update`` takes
-    ``(grads, state, params, *, value_fn, value=None, refresh=None,
-    **extra_args)``, with ``value_fn(params) -> scalar loss``; optionally
-    ``value``, the known ``value_fn(params)``, which saves the probe modes a
-    forward pass; and optionally ``refresh``, a static Python bool that
-    overrides ``refresh_every`` for this call.  Its state is a
-    :class:`GeNState`.
+    ``(grads, state, params, *, value_fn=None, line=None, refresh=None,
+    **extra_args)``: either ``value_fn(params) -> scalar loss``, which gen
+    measures along the line, or ``line``, the :class:`LineMeasurement` that
+    :func:`value_and_grad` made with the gradient (``measure_along=
+    "previous_step"`` only); neither is needed on a step that cannot refresh
+    (``refresh=False``).  ``refresh`` is an optional static Python bool that
+    overrides ``refresh_every`` for this call.  Other extra arguments go to
+    ``inner``.  Its state is a :class:`GeNState`.
 
     ``refresh`` exists for XLA:CPU, where a convolution's backward pass inside
     ``jax.lax.cond`` runs up to 8x slower (jax-ml/jax#12868): compile the train
@@ -468,8 +598,8 @@ def gen(
     measure_along=measure_along,
     slope_from=slope_from,
     init_learning_rate=init_learning_rate,
-    lr_min=lr_min,
-    lr_max=lr_max,
+    min_learning_rate=min_learning_rate,
+    max_learning_rate=max_learning_rate,
     smoothing=smoothing,
     relative_error=relative_error,
     trust_ratio=trust_ratio,
@@ -482,13 +612,15 @@ def gen(
     axis_name=axis_name,
     step_dtype=step_dtype,
   )
+  inner_takes_extra_args = isinstance(inner, optax.GradientTransformationExtraArgs)
   inner = optax.with_extra_args_support(inner)
   gate_fit = mode == "probes" and min_r2 is not None and len(probe_multipliers) > 3
   lookback = measure_along == "previous_step"
+  track_noise = smoothing is None or not lookback
   settings = rule_lib.RuleSettings(
     init_learning_rate=init_learning_rate,
-    min_learning_rate=lr_min,
-    max_learning_rate=lr_max,
+    min_learning_rate=min_learning_rate,
+    max_learning_rate=max_learning_rate,
     smoothing=smoothing,
     relative_error=relative_error,
     trust_ratio=trust_ratio,
@@ -497,12 +629,22 @@ def gen(
   )
 
   def init_fn(params: optax.Params) -> GeNState:
-    dtype = curvature_lib.scalar_dtype(params)
+    inner_state = inner.init(params)
+    if _holds_a_schedule(inner_state):
+      warnings.warn(
+        "the optimizer inside gen has a learning-rate schedule: GeN's α "
+        "absorbs the scale of the inner update, so the schedule is cancelled. "
+        "Build the inner optimizer with learning rate 1.0 and pass the "
+        "schedule as gen(..., multiplier=schedule).",
+        UserWarning,
+        stacklevel=2,
+      )
+    dtype = line_lib.scalar_dtype(params)
     # A fresh buffer per field: a state with shared buffers cannot be donated.
     nan = lambda: jnp.full((), jnp.nan, dtype)  # noqa: E731
     zero = lambda: jnp.zeros((), jnp.int32)  # noqa: E731
     return GeNState(
-      step=zero(),
+      count=zero(),
       rule=rule_lib.init(init_learning_rate, dtype, warmup_growth is not None),
       # Zero until the first step: a zero direction is discarded, so the
       # first refresh keeps init_learning_rate.
@@ -510,7 +652,7 @@ def gen(
         optax.tree.zeros_like(params, step_dtype) if lookback else optax.EmptyState()
       ),
       previous_slope=jnp.zeros((), dtype),
-      inner_state=inner.init(params),
+      inner_state=inner_state,
       info=GeNInfo(
         raw_learning_rate=nan(),
         slope=nan(),
@@ -524,47 +666,10 @@ def gen(
       ),
     )
 
-  def measure(
-    value_fn: Callable[[Any], jax.Array],
-    value: jax.Array | None,
-    params: optax.Params,
-    direction: optax.Updates,
-    step_size: jax.Array,
-    gradient_slope: jax.Array,
-  ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array]:
-    """(loss, value_fn's slope, slope used, curvature, fit R²) along the direction."""
-    one = jnp.ones((), step_size.dtype)
-    if mode == "probes":
-      loss, slope, curvature, fit_r2 = probes_lib.line_probes(
-        value_fn,
-        params,
-        direction,
-        step_size,
-        multipliers=probe_multipliers,
-        value=value,
-      )
-    elif mode == "one-probe":
-      if slope_from == "gradient":
-        loss = value_fn(params) if value is None else jnp.asarray(value)
-        slope = gradient_slope
-      else:
-        loss, slope = curvature_lib.value_and_slope(value_fn, params, direction)
-      curvature = probes_lib.one_probe_curvature(
-        value_fn, params, direction, step_size, loss, slope
-      )
-      fit_r2 = one
-    else:
-      loss, slope, curvature = curvature_lib.line_derivatives(
-        value_fn, params, direction, mode=mode
-      )
-      fit_r2 = one
-    used = gradient_slope if slope_from == "gradient" else slope
-    return loss, slope, used, curvature, fit_r2
-
   def refresh_rule(
     state: GeNState,
-    value_fn: Callable[[Any], jax.Array],
-    value: jax.Array | None,
+    value_fn: Callable[[Any], jax.Array] | None,
+    line: LineMeasurement | None,
     params: optax.Params,
     grads: optax.Updates,
     update: optax.Updates,
@@ -575,7 +680,8 @@ def gen(
     earlier batches, so free of this batch's noise), measured at its end θ;
     its slope at the start θ₋ is s − |c| (the quadratic model), and the rate
     that made it is α₋ (length ‖d‖/α₋).  ``"current_update"``: the line of
-    this update u from θ (length ‖u‖).
+    this update u from θ (length ‖u‖).  ``line``, when given, is the
+    measurement along the previous step, made with the gradient.
     """
     alpha, info = state.learning_rate, state.info
     dtype = alpha.dtype
@@ -584,20 +690,32 @@ def gen(
       # Under shard_map the data vary across devices while params and the
       # direction are replicated; jvp of grad then mixes the two.
       params, direction = _varying((params, direction), axis_name)
-    gradient_slope = curvature_lib.tree_vdot(grads, direction, dtype)
-    step_size = jnp.ones((), dtype) if lookback else alpha
-    scalars = measure(value_fn, value, params, direction, step_size, gradient_slope)
-    loss, slope_fn, slope, curvature, fit_r2 = (jnp.asarray(x, dtype) for x in scalars)
+    gradient_slope = line_lib.tree_vdot(grads, direction, dtype)
+    if line is None:
+      assert value_fn is not None  # checked by update_fn
+      line = line_lib.measure_line(
+        value_fn,
+        params,
+        direction,
+        mode=mode,
+        step_size=jnp.ones((), dtype) if lookback else alpha,
+        probe_multipliers=probe_multipliers,
+        gradient=grads if slope_from == "gradient" else None,
+      )
+    loss, slope_fn, curvature, fit_r2 = (jnp.asarray(x, dtype) for x in line)
+    slope = gradient_slope if slope_from == "gradient" else slope_fn
     if axis_name is not None:
       loss, slope_fn, slope, curvature = jax.lax.pmean(
         (loss, slope_fn, slope, curvature), axis_name
       )
-    norm = jnp.sqrt(curvature_lib.tree_vdot(direction, direction, dtype))
+    norm = jnp.sqrt(line_lib.tree_vdot(direction, direction, dtype))
     safe_norm = jnp.where(norm > 0, norm, 1)
     if lookback:
       start_slope = (slope - jnp.abs(curvature)) / safe_norm
       # The same line's slope at its start, from the batch that built it.
       disagreement = start_slope - state.previous_slope / safe_norm
+      if not track_noise:
+        disagreement = jnp.zeros_like(disagreement)
       length = norm / alpha
     else:
       start_slope = slope / safe_norm
@@ -645,6 +763,7 @@ def gen(
     params: optax.Params | None = None,
     *,
     value_fn: Callable[[Any], jax.Array] | None = None,
+    line: LineMeasurement | None = None,
     refresh: bool | None = None,
     **extra_args: Any,
   ) -> tuple[optax.Updates, GeNState]:
@@ -659,11 +778,23 @@ def gen(
         "gen needs the current parameters: call "
         "tx.update(grads, state, params, value_fn=...)."
       )
-    if value_fn is None or not callable(value_fn):
+    if line is not None:
+      if not isinstance(line, LineMeasurement):
+        raise TypeError(
+          "line must be the LineMeasurement that gen_optax.value_and_grad "
+          f"returns, got line={line!r}."
+        )
+      if not lookback:
+        raise ValueError(
+          "line= is the measurement along the previous step, made with the "
+          "gradient; with measure_along='current_update' the direction is "
+          "only known after the gradient: pass value_fn instead."
+        )
+    elif refresh is not False and not callable(value_fn):
       raise TypeError(
-        "gen needs the loss as a function of the parameters: call "
-        "tx.update(grads, state, params, value_fn=lambda p: loss(p, batch)); "
-        f"got value_fn={value_fn!r}."
+        "gen needs the loss along a line: call tx.update(grads, state, params, "
+        "value_fn=lambda p: loss(p, batch)), or pass line= from "
+        f"gen_optax.value_and_grad; got value_fn={value_fn!r}."
       )
     if _has_masked_nodes(params):
       raise ValueError(
@@ -672,15 +803,14 @@ def gen(
         "the parameters. Put gen outside and the masking inside: "
         "gen(optax.partition({...}, labels)) or gen(optax.masked(inner, mask))."
       )
+    _check_extra_args(extra_args, inner_takes_extra_args)
     grads = updates
-    update, inner_state = inner.update(
-      grads, state.inner_state, params, value_fn=value_fn, **extra_args
-    )
+    if value_fn is not None:
+      extra_args["value_fn"] = value_fn  # inner line searches take it too
+    update, inner_state = inner.update(grads, state.inner_state, params, **extra_args)
 
     def do_refresh() -> tuple[rule_lib.RuleState, GeNInfo]:
-      return refresh_rule(
-        state, value_fn, extra_args.get("value"), params, grads, update
-      )
+      return refresh_rule(state, value_fn, line, params, grads, update)
 
     def keep() -> tuple[rule_lib.RuleState, GeNInfo]:
       return state.rule, state.info
@@ -691,10 +821,10 @@ def gen(
       rule, info = do_refresh()
     else:
       # Only the taken branch runs: steps between refreshes pay no curvature.
-      rule, info = jax.lax.cond(state.step % refresh_every == 0, do_refresh, keep)
+      rule, info = jax.lax.cond(state.count % refresh_every == 0, do_refresh, keep)
     step_size = rule.learning_rate
-    if multiplier is not None:
-      step_size = step_size * jnp.asarray(multiplier(state.step), step_size.dtype)
+    factor = multiplier(state.count) if callable(multiplier) else multiplier
+    step_size = step_size * jnp.asarray(factor, step_size.dtype)
     new_updates = jax.tree.map(lambda u: (step_size * u).astype(u.dtype), update)
     previous_step, previous_slope = state.previous_step, state.previous_slope
     if lookback:
@@ -702,11 +832,14 @@ def gen(
       # is the step applied (gen last in a chain).
       # ⟨g, d⟩ only: the next refresh divides by ‖d‖, which it computes anyway.
       previous_step = optax.tree.cast(new_updates, step_dtype)
-      previous_slope = curvature_lib.tree_vdot(grads, previous_step, step_size.dtype)
+    if lookback and track_noise:
+      # A reduction over the params every step (measured 18% of an Adam step
+      # on a 2-core CPU): only the noise-following weight needs it.
+      previous_slope = line_lib.tree_vdot(grads, previous_step, step_size.dtype)
       if axis_name is not None:
         previous_slope = jax.lax.pmean(previous_slope, axis_name)
     new_state = GeNState(
-      step=optax.safe_increment(state.step),
+      count=optax.safe_increment(state.count),
       rule=rule,
       previous_step=previous_step,
       previous_slope=previous_slope,

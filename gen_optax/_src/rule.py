@@ -97,12 +97,14 @@ class Measurement(NamedTuple):
 class RuleState(NamedTuple):
   """What the rule remembers between refreshes."""
 
-  learning_rate: jax.Array  # scalar float, α
-  mean_slope: jax.Array  # scalar float, running mean of unit slopes
-  mean_curvature: jax.Array  # scalar float, running mean of |unit curvatures|
-  mean_noise: jax.Array  # scalar float, running mean of squared disagreements
-  num_measured: jax.Array  # scalar int32, measurements in the means
-  warming_up: jax.Array  # scalar bool, whether α still climbs the warm-up cap
+  learning_rate: jax.Array  #: scalar float, α
+  mean_slope: jax.Array  #: scalar float, running mean of unit slopes
+  mean_curvature: jax.Array  #: scalar float, running mean of |unit curvatures|
+  #: scalar float, running mean of squared disagreements (along the previous
+  #: step, measured only with ``smoothing=None``; else 0)
+  mean_noise: jax.Array
+  num_measured: jax.Array  #: scalar int32, measurements in the means
+  warming_up: jax.Array  #: scalar bool, whether α still climbs the warm-up cap
 
 
 def init(init_learning_rate: float, dtype: jnp.dtype, warmup: bool) -> RuleState:
