@@ -1,7 +1,8 @@
 """Accelerator check: GeN's jit and multi-device paths on whatever JAX finds.
 
-Prints the devices; the GeN step time of each exact mode as a ratio to the
-inner Adam step (MLP and transformer of ``overhead.py``); and, on all devices
+Prints the devices; the GeN step time of each exact mode, with ``value_fn``
+and fused with the gradient, as a ratio to the inner Adam step (MLP and
+transformer of ``overhead.py``); and, on all devices
 at once, a data-parallel ``jax.jit`` run and a ``shard_map`` run with
 ``axis_name``, with their α against the single-device α.  Runs on CPU too
 (``XLA_FLAGS=--xla_force_host_platform_device_count=8`` gives 8 devices).
@@ -19,7 +20,7 @@ import optax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from models import PROBLEMS
-from overhead import configs_for, run_problem
+from overhead import FUSED_MODES, configs_for, prepare, time_problem
 
 import gen_optax
 
@@ -117,13 +118,15 @@ def main() -> None:
     print(f"device: {device} ({device.device_kind})")
   print(f"jax {jax.__version__}, optax {optax.__version__}")
   multi_device_check()
-  configs = configs_for(["forward-over-reverse", "forward-over-forward"], [1], [4])
+  configs = configs_for(list(FUSED_MODES), [1], [4], list(FUSED_MODES))
   print(
-    f"{'model':12s} {'method':27s} {'k':>3} {'ms/step':>9} {'ratio':>6}"
+    f"{'model':12s} {'method':33s} {'k':>3} {'ms/step':>9} {'ratio':>6}"
     f" {'mem MB':>9} {'mem x':>6}"
   )
   for name in ("mlp", "transformer"):
-    run_problem(PROBLEMS[name](), configs, rounds=3)
+    problem = PROBLEMS[name]()
+    params = problem.init(jax.random.key(0))
+    time_problem(problem, configs, prepare(problem, params, configs), rounds=3)
 
 
 if __name__ == "__main__":

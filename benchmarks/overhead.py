@@ -4,23 +4,37 @@ For each model (MLP 784-512-512-10 at batch 256, a small CNN, a small
 transformer LM) it times the jitted inner step (value_and_grad + adam) and the
 GeN step of each mode refreshing every 1, 4 and 8 steps, with ``lax.cond``
 (``refresh_every``) and with the static ``refresh`` flag ('s': two compiled
-steps, no ``cond``), plus a step between refreshes.  Each figure is the mean
-time per step over a cycle of 8 steps, as a ratio to the inner step's cycle in
-the same round (median over interleaved rounds, so drifts of the machine
-cancel), and the compiled memory (``memory_analysis()``: arguments + outputs +
-scratch) as a ratio.  ``--torch`` adds the authors' PyTorch package
-``gen-optim`` on the same MLP shapes (``pip install -e ".[bench-torch]"``).
+steps, no ``cond``), plus a step between refreshes.  GeN measures along the
+previous step on the gradient's own batch, either through ``value_fn`` (its
+own ``jax.jvp``, which XLA may or may not merge with the gradient pass) or
+fused with the gradient by ``gen_optax.value_and_grad`` ("fused" rows).
 
-Run: ``python benchmarks/overhead.py --out benchmarks/results/overhead-cpu.json``
-(about 10 minutes on 2 CPU cores); ``--quick`` is the smoke test the suite runs;
-``--models mlp transformer --rounds 5`` fits in 5 minutes on a GPU.
+Every step donates its params and state (``donate_argnums``).  Each figure is
+the time per step over a cycle of 8 steps, as a ratio to the
+inner step's cycle in the same round (median over interleaved rounds, so
+drifts of the machine cancel), and the compiled memory (``memory_analysis()``:
+arguments + outputs + scratch) as a ratio.  The whole sweep is repeated
+``--runs`` times: every run is saved, and each summary row is the median over
+runs with its min–max.
+
+``--seed PATH`` adds the seed project's PyTorch ``ExactGen`` (HVP by
+``torch.autograd.functional.vhp``, the inner optimizer stepped twice) on the
+MLP shapes against a plain PyTorch Adam step; ``--torch`` adds the authors'
+package ``gen-optim`` (``lr_parabola``) the same way (``pip install -e
+".[bench-torch]"``).  Both are timed in interleaved rounds in every run.
+
+Run: ``python benchmarks/overhead.py --runs 3 --seed ../shared/seed --torch
+--out benchmarks/results/overhead-cpu.json`` (about 45 minutes on 2 CPU
+cores); ``--quick`` is the smoke test the suite runs.
 """
 
 import argparse
 import functools
 import json
 import platform
+import sys
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -28,11 +42,12 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 import optax
-from models import PROBLEMS, Problem
+from models import PROBLEMS, Problem, sample_batch
 
 import gen_optax
 
 MODES = ("forward-over-reverse", "forward-over-forward", "probes", "one-probe")
+FUSED_MODES = ("forward-over-reverse", "forward-over-forward")
 CYCLE = 8  # a multiple of every refresh period
 NEVER = 0  # refresh_every of the "between refreshes" row: refresh=False always
 
@@ -44,39 +59,45 @@ class Config(NamedTuple):
   refresh_every: int | None
   static: bool  # refresh chosen at trace time (two compilations, no lax.cond)
   tx: optax.GradientTransformation
+  fused_mode: str | None = None  # measured with the gradient, in this mode
 
 
-def make_step(problem: Problem, config: Config) -> tuple[Callable, float]:
-  """A step ``(params, state, batch, fresh, i) -> (params, state)``, and memory.
+def make_step(problem: Problem, params: Any, config: Config) -> tuple[Callable, float]:
+  """A step ``(params, state, batch, i) -> (params, state)``, and memory.
 
   The memory is the compiled program's arguments + outputs + scratch, in bytes.
-  GeN's value_fn sees the fresh batch (the recommended use).
+  GeN measures on the gradient's own batch (one batch per step).
   """
   gen = config.refresh_every is not None
 
-  def step(params, state, batch, fresh, refresh=None):
-    grads = jax.grad(problem.loss)(params, batch)
-    extra = {"value_fn": lambda p: problem.loss(p, fresh)} if gen else {}
-    if refresh is not None:
-      extra["refresh"] = refresh
+  def step(params, state, batch, refresh=None):
+    extra: dict[str, Any] = {} if refresh is None else {"refresh": refresh}
+    if config.fused_mode is not None:
+      fn = gen_optax.value_and_grad(
+        problem.loss, mode=config.fused_mode, refresh=refresh is not False
+      )
+      (_, grads), line = fn(params, state, batch)
+      extra["line"] = line
+    else:
+      grads = jax.grad(problem.loss)(params, batch)
+      if gen:
+        extra["value_fn"] = lambda p: problem.loss(p, batch)
     updates, state = config.tx.update(grads, state, params, **extra)
     return optax.apply_updates(params, updates), state
 
-  args = (
-    problem.params,
-    config.tx.init(problem.params),
-    *[problem.batch(jax.random.key(0))] * 2,
-  )
+  args = (params, config.tx.init(params), sample_batch(problem, jax.random.key(0)))
+  # Params and state donated, as a training loop that cares for speed does.
+  jit = functools.partial(jax.jit, donate_argnums=(0, 1))
   if not config.static:
-    jitted = jax.jit(step)
+    jitted = jit(step)
     memory = compiled_bytes(jitted, args)
-    return (lambda p, s, b, f, i: jitted(p, s, b, f)), memory
-  on, off = (jax.jit(functools.partial(step, refresh=r)) for r in (True, False))
+    return (lambda p, s, b, i: jitted(p, s, b)), memory
+  on, off = (jit(functools.partial(step, refresh=r)) for r in (True, False))
   k = config.refresh_every
   if k == NEVER:
-    return (lambda p, s, b, f, i: off(p, s, b, f)), compiled_bytes(off, args)
+    return (lambda p, s, b, i: off(p, s, b)), compiled_bytes(off, args)
   memory = max(compiled_bytes(fn, args) for fn in (on, off))
-  return (lambda p, s, b, f, i: (on if i % k == 0 else off)(p, s, b, f)), memory
+  return (lambda p, s, b, i: (on if i % k == 0 else off)(p, s, b)), memory
 
 
 def compiled_bytes(fn: Callable, args: tuple) -> float:
@@ -86,32 +107,48 @@ def compiled_bytes(fn: Callable, args: tuple) -> float:
   return float(total - m.alias_size_in_bytes)
 
 
-def run_problem(problem: Problem, configs: list[Config], rounds: int) -> list[dict]:
+def params_bytes(params: Any) -> float:
+  return float(sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params)))
+
+
+def prepare(problem: Problem, params: Any, configs: list[Config]) -> list[list]:
+  """Compiles every config once: [step, memory, carry] per config.
+
+  The carry (params, state) is replaced after each timed cycle: its buffers
+  are donated.
+  """
+  prepared = []
+  for config in configs:
+    step, memory = make_step(problem, params, config)
+    copy = jax.tree.map(jax.numpy.copy, params)  # donated: one per config
+    prepared.append([step, memory, (copy, config.tx.init(copy))])
+  return prepared
+
+
+def time_problem(
+  problem: Problem, configs: list[Config], prepared: list[list], rounds: int
+) -> list[dict]:
   """Times every config in interleaved cycles.
 
   Ratios are to the inner step of the same round, so drifts of the machine cancel.
   """
-  keys = jax.random.split(jax.random.key(1), 2 * CYCLE)
-  batches = [problem.batch(k) for k in keys]
-  steps, memories, carries = [], [], []
-  for config in configs:
-    step, memory = make_step(problem, config)
-    steps.append(step)
-    memories.append(memory)
-    carries.append((problem.params, config.tx.init(problem.params)))
+  keys = jax.random.split(jax.random.key(1), CYCLE)
+  batches = [sample_batch(problem, k) for k in keys]
   times = np.zeros((len(configs), rounds))  # seconds per cycle of CYCLE steps
   for r in range(rounds + 1):  # round 0 warms up
-    for c, step in enumerate(steps):
-      params, state = carries[c]
+    for c, (step, _, carry) in enumerate(prepared):
+      params, state = carry
       start = time.perf_counter()
       for i in range(CYCLE):
-        params, state = step(params, state, batches[2 * i], batches[2 * i + 1], i)
+        params, state = step(params, state, batches[i], i)
       jax.block_until_ready((params, state))
       if r:
         times[c, r - 1] = time.perf_counter() - start
-      carries[c] = (params, state)
+      prepared[c][2] = (params, state)
   rows = []
+  inner_memory = prepared[0][1]
   for c, config in enumerate(configs):
+    memory = prepared[c][1]
     rows.append(
       {
         "model": problem.name,
@@ -120,15 +157,18 @@ def run_problem(problem: Problem, configs: list[Config], rounds: int) -> list[di
         "static_refresh": config.static,
         "ms_per_step": 1e3 * float(np.median(times[c])) / CYCLE,
         "ratio": float(np.median(times[c] / times[0])),
-        "memory_mb": memories[c] / 2**20,
-        "memory_ratio": memories[c] / max(memories[0], 1),
+        "memory_mb": memory / 2**20,
+        "memory_ratio": memory / max(inner_memory, 1),
+        # Memory beyond the inner step's, in params-sized buffers.
+        "extra_memory_in_params": (memory - inner_memory)
+        / params_bytes(prepared[0][2][0]),
       }
     )
     print_row(rows[-1])
   return rows
 
 
-def configs_for(modes, periods, static_periods) -> list[Config]:
+def configs_for(modes, periods, static_periods, fused_modes) -> list[Config]:
   configs = [
     Config("adam (inner step)", None, False, optax.adam(1e-3)),
     Config("gen, between refreshes", NEVER, True, gen_optax.gen(optax.adam(1.0))),
@@ -138,6 +178,12 @@ def configs_for(modes, periods, static_periods) -> list[Config]:
     for k, static in timed:
       tx = gen_optax.gen(optax.adam(1.0), mode=mode, refresh_every=k)
       configs.append(Config(f"gen {mode}", k, static, tx))
+  # Fused: every step, or lazily with the static flag (the helper measures
+  # on every call it is asked to, so a lax.cond period would waste it).
+  for mode in fused_modes:
+    for k, static in [(1, False)] + [(k, True) for k in static_periods]:
+      tx = gen_optax.gen(optax.adam(1.0), mode=mode, refresh_every=k)
+      configs.append(Config(f"gen {mode} fused", k, static, tx, fused_mode=mode))
   return configs
 
 
@@ -145,74 +191,131 @@ def print_row(row: dict[str, Any]) -> None:
   k = row["refresh_every"]
   period = "-" if k in (None, NEVER) else f"{k}{'s' if row['static_refresh'] else ''}"
   print(
-    f"{row['model']:12s} {row['method']:27s} {period:>3}"
+    f"{row['model']:12s} {row['method']:33s} {period:>3}"
     f" {row['ms_per_step']:9.2f} {row['ratio']:6.2f}"
     f" {row['memory_mb']:9.1f} {row['memory_ratio']:6.2f}",
     flush=True,
   )
 
 
-def torch_comparison(repeats: int) -> dict[str, float]:
-  """gen-optim's lr_parabola vs our probes/exact refresh on the MLP shapes."""
+def torch_steps(seed: Path | None, gen_optim: bool) -> dict[str, Callable[[], float]]:
+  """Timed PyTorch steps on the MLP shapes: plain Adam, and each GeN peer."""
   import torch  # optional: the bench-torch extra
-  from GeN import lr_parabola
 
+  warnings.filterwarnings("ignore")  # functorch and jaxtyping deprecations
   torch.manual_seed(0)
-  torch.set_num_threads(max(1, torch.get_num_threads()))
-  net = torch.nn.Sequential(
-    torch.nn.Linear(784, 512),
-    torch.nn.ReLU(),
-    torch.nn.Linear(512, 512),
-    torch.nn.ReLU(),
-    torch.nn.Linear(512, 10),
-  )
-  opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-  loss_fn = torch.nn.CrossEntropyLoss()
   data = [(torch.randn(256, 784), torch.randint(0, 10, (256,))) for _ in range(4)]
+  loss_fn = torch.nn.CrossEntropyLoss()
+
+  def net() -> torch.nn.Module:
+    return torch.nn.Sequential(
+      torch.nn.Linear(784, 512),
+      torch.nn.ReLU(),
+      torch.nn.Linear(512, 512),
+      torch.nn.ReLU(),
+      torch.nn.Linear(512, 10),
+    )
 
   def batches():
     while True:
       yield from data
 
-  tr_iter = batches()
+  def timed(step: Callable[[Any, Any], None]) -> Callable[[], float]:
+    it = batches()
 
-  def torch_step(refresh: bool) -> float:
-    x, y = next(tr_iter)
-    start = time.perf_counter()
-    loss_fn(net(x), y).backward()
-    if refresh:
-      lr_parabola(net, opt, tr_iter=tr_iter, task="image_cls", device="cpu")
-    opt.step()
-    opt.zero_grad()
-    return time.perf_counter() - start
+    def run() -> float:
+      x, y = next(it)
+      start = time.perf_counter()
+      step(x, y)
+      return time.perf_counter() - start
 
-  for _ in range(3):
-    torch_step(False)
-    torch_step(True)
-  plain = np.median([torch_step(False) for _ in range(repeats)])
-  refresh = np.median([torch_step(True) for _ in range(repeats)])
+    return run
 
-  problem = PROBLEMS["mlp"]()
-  configs = configs_for(("probes", "forward-over-forward"), [1], [])
-  rows = run_problem(problem, configs, rounds=3)
-  result = {
-    "torch_plain_ms": 1e3 * plain,
-    "torch_refresh_ms": 1e3 * refresh,
-    "torch_refresh_ratio": refresh / plain,
-    "jax_plain_ms": rows[0]["ms_per_step"],
-  }
-  for row in rows[2:]:
-    mode = row["method"].removeprefix("gen ")
-    result[f"jax_refresh_{mode}_ms"] = row["ms_per_step"]
-    result[f"jax_refresh_{mode}_ratio"] = row["ratio"]
-    result[f"ours_over_torch_refresh_{mode}"] = row["ms_per_step"] / (1e3 * refresh)
+  plain_net = net()
+  plain_opt = torch.optim.Adam(plain_net.parameters(), lr=1e-3)
+
+  def plain(x, y):
+    plain_opt.zero_grad()
+    loss_fn(plain_net(x), y).backward()
+    plain_opt.step()
+
+  steps = {"torch adam": timed(plain)}
+  if seed is not None:
+    sys.path.insert(0, str(seed))
+    from src.generalized_newtons_method import ExactGen, make_gen_optimizer
+
+    seed_net = net()
+    seed_opt = make_gen_optimizer(torch.optim.Adam, seed_net.parameters())
+    scheduler = ExactGen(seed_opt, seed_net, loss_fn, 0.0, 1.0)
+
+    def seed_exact(x, y):
+      seed_opt.zero_grad()
+      loss_fn(seed_net(x), y).backward()
+      scheduler.step(x, y)
+      seed_opt.step()
+
+    steps["seed ExactGen"] = timed(seed_exact)
+  if gen_optim:
+    from GeN import lr_parabola
+
+    peer_net = net()
+    peer_opt = torch.optim.Adam(peer_net.parameters(), lr=1e-3)
+    it = batches()
+
+    def peer(x, y):
+      peer_opt.zero_grad()
+      loss_fn(peer_net(x), y).backward()
+      lr_parabola(peer_net, peer_opt, tr_iter=it, task="image_cls", device="cpu")
+      peer_opt.step()
+
+    steps["gen-optim lr_parabola"] = timed(peer)
+  return steps
+
+
+def time_torch(steps: dict[str, Callable[[], float]], rounds: int) -> dict[str, float]:
+  """Ms per step and ratio to the plain step, median of interleaved rounds."""
+  names = list(steps)
+  times = np.zeros((len(names), rounds))
+  for r in range(rounds + 1):  # round 0 warms up
+    for n, name in enumerate(names):
+      t = sum(steps[name]() for _ in range(CYCLE))
+      if r:
+        times[n, r - 1] = t
+  result = {}
+  for n, name in enumerate(names):
+    result[f"{name} ms"] = 1e3 * float(np.median(times[n])) / CYCLE
+    result[f"{name} ratio"] = float(np.median(times[n] / times[0]))
   return result
+
+
+def summarize(runs: list[list[dict]]) -> list[dict]:
+  """Per config: the median over runs of ms, ratio and memory, with min–max."""
+  summary = []
+  for rows in zip(*runs, strict=True):
+    row = {k: v for k, v in rows[0].items() if not isinstance(v, float)}
+    for key in ("ms_per_step", "ratio", "memory_mb", "memory_ratio"):
+      values = [r[key] for r in rows]
+      row[key] = float(np.median(values))
+      row[f"{key}_min"], row[f"{key}_max"] = float(min(values)), float(max(values))
+    row["extra_memory_in_params"] = rows[0]["extra_memory_in_params"]
+    summary.append(row)
+  return summary
+
+
+def summarize_torch(runs: list[dict[str, float]]) -> dict[str, list[float]]:
+  """Per figure: [median, min, max] over runs."""
+  return {
+    key: [float(np.median(v)), float(min(v)), float(max(v))]
+    for key in runs[0]
+    for v in [[run[key] for run in runs]]
+  }
 
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--models", nargs="+", default=list(PROBLEMS), choices=PROBLEMS)
   parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+  parser.add_argument("--fused-modes", nargs="*", default=list(FUSED_MODES))
   parser.add_argument("--periods", nargs="+", type=int, default=[1, 4, 8])
   parser.add_argument(
     "--static-periods",
@@ -222,16 +325,19 @@ def main() -> None:
     help="periods also timed with the static refresh flag (no lax.cond)",
   )
   parser.add_argument("--rounds", type=int, default=7, help="timed cycles of 8 steps")
+  parser.add_argument("--runs", type=int, default=3, help="full sweeps, all saved")
+  parser.add_argument("--seed", type=Path, default=None, help="seed project folder")
   parser.add_argument("--torch", action="store_true", help="compare with gen-optim")
   parser.add_argument("--quick", action="store_true", help="tiny smoke run")
   parser.add_argument("--out", type=Path, default=None, help="JSON results file")
   args = parser.parse_args()
   if args.quick:
-    args.models, args.periods, args.static_periods, args.rounds = (
+    args.models, args.periods, args.static_periods, args.rounds, args.runs = (
       ["mlp"],
       [1, 4],
       [4],
       1,
+      2,
     )
   device = jax.devices()[0]
   print(f"device: {device.device_kind} ({device.platform}), jax {jax.__version__}")
@@ -239,31 +345,42 @@ def main() -> None:
     "k: refresh period ('s': static refresh flag, no lax.cond); "
     "ratios to the inner step; memory: arguments + outputs + scratch"
   )
-  print(
-    f"{'model':12s} {'method':27s} {'k':>3} {'ms/step':>9} {'ratio':>6}"
-    f" {'mem MB':>9} {'mem x':>6}"
-  )
-  rows = []
-  configs = configs_for(args.modes, args.periods, args.static_periods)
+  configs = configs_for(args.modes, args.periods, args.static_periods, args.fused_modes)
+  problems = []
   for name in args.models:
     problem = PROBLEMS[name]()
     if args.quick:
-      full = problem.batch
-      problem = problem._replace(
-        batch=lambda key, b=full: jax.tree.map(lambda x: x[:8], b(key))
-      )
-    rows.extend(run_problem(problem, configs, args.rounds))
+      problem = problem._replace(batch_size=8)
+    params = problem.init(jax.random.key(0))
+    problems.append((problem, prepare(problem, params, configs)))
+  torch = torch_steps(args.seed, args.torch) if args.seed or args.torch else None
+  runs, torch_runs = [], []
+  for run in range(args.runs):
+    print(
+      f"run {run + 1}/{args.runs}\n{'model':12s} {'method':33s} {'k':>3}"
+      f" {'ms/step':>9} {'ratio':>6} {'mem MB':>9} {'mem x':>6}"
+    )
+    rows = []
+    for problem, prepared in problems:
+      rows.extend(time_problem(problem, configs, prepared, args.rounds))
+    runs.append(rows)
+    if torch:
+      torch_runs.append(time_torch(torch, rounds=args.rounds))
+      for key, value in torch_runs[-1].items():
+        print(f"{key:42s} {value:8.3f}")
   results: dict[str, Any] = {
+    "command": "python benchmarks/overhead.py " + " ".join(sys.argv[1:]),
     "device": f"{device.device_kind} ({device.platform})",
     "machine": platform.processor() or platform.machine(),
     "jax": jax.__version__,
     "optax": optax.__version__,
-    "rows": rows,
+    "rounds": args.rounds,
+    "rows": summarize(runs),
+    "runs": runs,
   }
-  if args.torch:
-    results["torch"] = torch_comparison(repeats=20)
-    for key, value in results["torch"].items():
-      print(f"{key:42s} {value:8.3f}")
+  if torch_runs:
+    results["torch"] = summarize_torch(torch_runs)
+    results["torch_runs"] = torch_runs
   if args.out:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))

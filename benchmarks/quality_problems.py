@@ -26,14 +26,13 @@ import json
 import os
 import textwrap
 from collections.abc import Callable
-from typing import Any, Literal, NamedTuple
+from typing import Any
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from models import TransformerLM
+from models import Problem, Split, TransformerLM
 from sklearn.datasets import (
   load_breast_cancer,
   load_diabetes,
@@ -44,30 +43,6 @@ from sklearn.datasets import (
 )
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
-
-Split = Literal["select", "report"]
-
-
-class Problem(NamedTuple):
-  """A model, its data, its metric and its place in the split."""
-
-  name: str
-  kind: str  # one line: what the problem is
-  split: Split
-  init: Callable[[jax.Array], Any]  # key -> params
-  loss: Callable[[Any, Any], jax.Array]  # (params, batch) -> scalar
-  train: Any  # (x, y) arrays
-  test: Any
-  metric: Callable[[Any, Any], jax.Array]  # (params, data) -> held-out metric
-  metric_name: str
-  higher_is_better: bool  # of the metric
-  batch_size: int | None  # None: full batch (a deterministic loss)
-  steps: int
-  # Whether runs may be batched with jax.vmap and lax.scan.  Not for
-  # convolutions and attention: XLA:CPU runs a convolution inside a loop body
-  # several times slower (jax-ml/jax#12868) and vmapping one over parameters
-  # makes it a slow grouped convolution.
-  vectorize: bool
 
 
 def _split(x, y, seed=0):

@@ -8,18 +8,23 @@ the expected-loss greedy step of a batch-64 gradient measured on an
 independent batch, −E[s/‖u‖]/(E[c/‖u‖²]·E‖u‖) over 32 batch pairs (what GeN's
 running means estimate), and the share of batch noise in E‖g_B‖².
 
-Run: ``python benchmarks/gen_sgd_diagnosis.py`` (about a minute).
+Run: ``python benchmarks/studies/gen_sgd_diagnosis.py`` (about a minute).
 """
+
+import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import quality
 from jax.flatten_util import ravel_pytree
-from quality_problems import PROBLEMS
 
 import gen_optax
+
+sys.path.insert(0, str(Path(__file__).parent.parent))  # benchmarks/
+import quality
+from quality_problems import PROBLEMS
 
 STEPS, CHECKS, PAIRS = 300, (20, 35, 50, 100, 200, 299), 32
 

@@ -7,7 +7,7 @@ training losses for three ways of feeding slope and curvature:
 * ``value_fn`` on the gradient's batch (slope from either: they are equal there)
 * ``value_fn`` on a fresh batch, slope ⟨g, u⟩ from the gradient's batch
 
-Run: ``python benchmarks/slope_source.py``  (about a minute on 2 CPU cores).
+Run: ``python benchmarks/studies/slope_source.py`` (about a minute on 2 CPU cores).
 """
 
 import argparse
