@@ -99,7 +99,7 @@ class RuleState(NamedTuple):
 
   learning_rate: jax.Array  #: scalar float, α
   mean_slope: jax.Array  #: scalar float, running mean of unit slopes
-  mean_curvature: jax.Array  #: scalar float, running mean of the magnitudes of unit curvatures
+  mean_curvature: jax.Array  #: scalar float, running mean of abs(unit curvature)
   #: scalar float, running mean of squared disagreements (along the previous
   #: step, measured only with ``smoothing=None``; else 0)
   mean_noise: jax.Array
