@@ -244,9 +244,48 @@ def quality_table(results: dict) -> str:
   return "\n".join(lines)
 
 
+def slope_source_table(results: dict) -> str:
+  """benchmarks/studies/slope_source.py: final losses per seed and their mean."""
+  settings = results["settings"]
+  lines = [
+    f"Digits MLP, GeN-Adam measuring along the current update, batch "
+    f"{settings['batch_size']}, {settings['steps']} steps; final training loss "
+    "on all the data.",
+    "",
+    "| slope and curvature from | per seed | mean |",
+    "| --- | --- | --- |",
+  ]
+  for row in results["rows"]:
+    losses = row["final_losses"]
+    per_seed = ", ".join(f"{v:.4f}" for v in losses)
+    lines.append(f"| {row['variant']} | {per_seed} | {sum(losses) / len(losses):.4f} |")
+  return "\n".join(lines)
+
+
+def gen_sgd_diagnosis_table(results: dict) -> str:
+  """benchmarks/studies/gen_sgd_diagnosis.py: α against the curvature scales."""
+  lines = [
+    "| step | full loss | GeN α | full-batch greedy | 2/λ_max | batch-64 greedy "
+    "| full / batch-64 greedy | noise share of E‖g_B‖² |",
+    "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+  ]
+  for r in results["rows"]:
+    # A negative full-batch greedy step (negative curvature along ∇L) has no ratio.
+    ratio = r["full_batch_greedy"] / r["batch_greedy"]
+    ratio_cell = f"{ratio:.1f}" if r["full_batch_greedy"] > 0 else "–"
+    lines.append(
+      f"| {r['step']} | {r['loss']:.3f} | {r['gen_alpha']:.2e} "
+      f"| {r['full_batch_greedy']:.2e} | {r['stability_limit']:.2e} "
+      f"| {r['batch_greedy']:.2e} | {ratio_cell} | {r['noise_share']:.2f} |"
+    )
+  return "\n".join(lines)
+
+
 RENDERERS: dict[str, Callable[[dict], str]] = {
   "overhead-cpu.json": overhead_table,
   "quality.json": quality_table,
+  "study-slope-source.json": slope_source_table,
+  "study-gen-sgd-diagnosis.json": gen_sgd_diagnosis_table,
 }
 
 

@@ -8,9 +8,12 @@ the expected-loss greedy step of a batch-64 gradient measured on an
 independent batch, −E[s/‖u‖]/(E[c/‖u‖²]·E‖u‖) over 32 batch pairs (what GeN's
 running means estimate), and the share of batch noise in E‖g_B‖².
 
-Run: ``python benchmarks/studies/gen_sgd_diagnosis.py`` (about a minute).
+Run: ``python benchmarks/studies/gen_sgd_diagnosis.py --out
+benchmarks/results/study-gen-sgd-diagnosis.json`` (about a minute).
 """
 
+import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -30,6 +33,10 @@ STEPS, CHECKS, PAIRS = 300, (20, 35, 50, 100, 200, 299), 32
 
 
 def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--out", type=Path, default=None, help="a JSON file")
+  args = parser.parse_args()
+  rows = []
   problem = PROBLEMS["digits-cnn"]()
   x, y = problem.train
   batches = quality.batch_indices(problem, STEPS, seed=0)
@@ -72,15 +79,26 @@ def main() -> None:
         slopes.append(float(grad(flat, fresh) @ u) / norm)
         curvatures.append(abs(float(u @ hvp(flat, fresh, u))) / norm**2)
         noise.append(float(jnp.sum((u + g) ** 2)) / norm**2)
-      expected = -np.mean(slopes) / np.mean(curvatures) / np.mean(norms)
+      row = {
+        "step": t,
+        "loss": float(loss_on(flat, full_idx)),
+        "gen_alpha": float(state.learning_rate),
+        "full_batch_greedy": cauchy,
+        "stability_limit": 2 / top,
+        "batch_greedy": float(-np.mean(slopes) / np.mean(curvatures) / np.mean(norms)),
+        "noise_share": float(np.mean(noise)),
+      }
+      rows.append(row)
       print(
-        f"step {t:3d}  loss {float(loss_on(flat, full_idx)):.3f}"
-        f"  GeN α {float(state.learning_rate):.2e}"
+        f"step {t:3d}  loss {row['loss']:.3f}  GeN α {row['gen_alpha']:.2e}"
         f"  full-batch greedy {cauchy:.2e}  2/λ_max {2 / top:.2e}"
-        f"  batch-64 greedy {expected:.2e}  noise share {np.mean(noise):.2f}",
+        f"  batch-64 greedy {row['batch_greedy']:.2e}"
+        f"  noise share {row['noise_share']:.2f}",
         flush=True,
       )
     params, state = step(params, state, jnp.asarray(batches[t]))
+  if args.out:
+    args.out.write_text(json.dumps({"problem": "digits-cnn", "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":

@@ -7,10 +7,13 @@ training losses for three ways of feeding slope and curvature:
 * ``value_fn`` on the gradient's batch (slope from either: they are equal there)
 * ``value_fn`` on a fresh batch, slope ⟨g, u⟩ from the gradient's batch
 
-Run: ``python benchmarks/studies/slope_source.py`` (about a minute on 2 CPU cores).
+Run: ``python benchmarks/studies/slope_source.py --out
+benchmarks/results/study-slope-source.json`` (about a minute on 2 CPU cores).
 """
 
 import argparse
+import json
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -72,6 +75,7 @@ def main():
   parser.add_argument("--steps", type=int, default=300)
   parser.add_argument("--batch-size", type=int, default=64)
   parser.add_argument("--seeds", type=int, default=3)
+  parser.add_argument("--out", type=Path, default=None, help="a JSON file")
   args = parser.parse_args()
   variants = (
     "fresh batch (default)",
@@ -80,10 +84,15 @@ def main():
   )
   print(f"digits MLP, GeN-Adam, batch {args.batch_size}, {args.steps} steps")
   print(f"{'variant':34s} final train loss per seed      mean")
+  rows = []
   for variant in variants:
     losses = [train(variant, s, args.steps, args.batch_size) for s in range(args.seeds)]
     cells = " ".join(f"{v:.4f}" for v in losses)
     print(f"{variant:34s} {cells:28s} {np.mean(losses):.4f}")
+    rows.append({"variant": variant, "final_losses": losses})
+  if args.out:
+    settings = {"steps": args.steps, "batch_size": args.batch_size}
+    args.out.write_text(json.dumps({"settings": settings, "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":
