@@ -5,6 +5,8 @@ starts one); see tests/conftest.py.
 """
 
 import functools
+import re
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -156,3 +158,16 @@ def test_shard_map_axis_name_keeps_replicas_bit_identical():
   drifting_params, drifting_rates = jax.tree.map(np.asarray, _replicas(None))
   assert np.max(drifting_rates) - np.min(drifting_rates) > 0
   assert not np.array_equal(drifting_params["w"][0], drifting_params["w"][1])
+
+
+def test_sharding_howto_runs_on_eight_devices():
+  """docs/howto/sharding.md, whose assertions compare the sharded runs with
+  one-device runs: on one device (the default test process) they agree
+  trivially; here the batch is split over 8 devices."""
+  page = Path(__file__).parents[2] / "docs" / "howto" / "sharding.md"
+  namespace: dict = {"__name__": "howto_sharding"}
+  blocks = re.findall(r"^```python\n(.*?)^```", page.read_text(), re.S | re.M)
+  assert len(blocks) == 2
+  for block in blocks:
+    exec(compile(block, str(page), "exec"), namespace)
+  assert namespace["mesh"].size == 8
