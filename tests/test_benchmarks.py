@@ -34,6 +34,7 @@ def _run(script, *args):
   return result.stdout
 
 
+@pytest.mark.slow
 def test_overhead_quick_summarizes_its_runs(tmp_path):
   out = tmp_path / "overhead.json"
   _run("overhead.py", "--quick", "--out", str(out))
@@ -70,6 +71,7 @@ def test_split_is_fixed_and_covers_the_kinds():
   assert all(p.batch_size is None or p.batch_size <= 64 for p in problems.values())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(PROBLEMS))
 def test_problem_evaluates(name):
   problem = PROBLEMS[name]()
@@ -100,6 +102,7 @@ def test_vectorized_and_sequential_runs_agree(method_name):
   assert together["final"].shape == (2, len(together["lrs"]))
 
 
+@pytest.mark.slow
 def test_quality_smoke_run_is_complete(tmp_path):
   stdout = _run(
     "quality.py",

@@ -22,6 +22,7 @@ def _is_png(path: Path) -> bool:
   return path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
 
 
+@pytest.mark.slow
 def test_digits_cnn(tmp_path):
   results = _load("digits_cnn").main(
     ["--steps", "30", "--log-every", "10", "--out", str(tmp_path)]
@@ -40,15 +41,24 @@ def test_digits_cnn(tmp_path):
   assert _is_png(tmp_path / "loss.png") and _is_png(tmp_path / "learning_rate.png")
 
 
+@pytest.mark.slow
 def test_char_transformer(tmp_path):
-  results = _load("char_transformer").main(
-    ["--steps", "20", "--length", "32", "--grid", "3e-3", "--out", str(tmp_path)]
+  module = _load("char_transformer")
+  results = module.main(
+    ["--steps", "40", "--length", "32", "--grid", "3e-3", "--out", str(tmp_path)]
   )
-  gen_run = results["GeN-AdamW"]
-  assert gen_run["test_loss"] < np.log(128)  # better than uniform over the vocabulary
+  # The unigram model (character frequencies of the training windows, add-one
+  # smoothed) on the same 512 test windows: 3.25 nats/char.  Beating it
+  # takes a model that uses context, which 40 GeN steps give (2.64 measured;
+  # a stalled α, e.g. clamped at min_learning_rate, stays near log 128 = 4.85).
+  train, test = module.corpus(32)
+  counts = np.bincount(train[:, 1:].ravel(), minlength=128) + 1.0
+  unigram = -np.log(counts / counts.sum())[test[:512, 1:].ravel()].mean()
+  assert results["GeN-AdamW"]["test_loss"] < unigram
   assert _is_png(tmp_path / "char_lm.png")
 
 
+@pytest.mark.slow
 def test_loss_landscape(tmp_path):
   minimisers = _load("loss_landscape").main(
     ["--train-steps", "5", "--out", str(tmp_path)]

@@ -139,7 +139,8 @@ def test_running_means_and_growth_bounds(x64):
     max_learning_rate=1e3,
   )
   theta = jnp.arange(4.0)
-  state = tx.init(theta)
+  with pytest.warns(UserWarning, match="schedule is cancelled"):  # on purpose here
+    state = tx.init(theta)
   mean_s = mean_c = 0.0
   expected, warming, binding = init, True, set()
   for n, (norm, scale) in enumerate(zip(norms, scales, strict=True)):
@@ -183,7 +184,9 @@ def test_step_length_follows_the_norm_of_u_at_once(x64):
   tx = gen_optax.gen(inner, **wide_open(smoothing=0.9))
   theta = jnp.zeros(3)
   g = jax.grad(loss)(theta)
-  state, steps = tx.init(theta), []
+  with pytest.warns(UserWarning, match="schedule is cancelled"):  # on purpose here
+    state = tx.init(theta)
+  steps = []
   for _ in range(4):
     updates, state = tx.update(g, state, theta, value_fn=loss)
     steps.append(updates)

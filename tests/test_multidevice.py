@@ -9,7 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 
+
+@pytest.mark.slow
 def test_multidevice_suite_on_eight_host_devices():
   env = dict(os.environ)
   env["XLA_FLAGS"] = (
