@@ -66,6 +66,13 @@ def multi_steps(
     Bu & Xu, *Gradient descent with generalized Newton's method*, ICLR 2025,
     https://arxiv.org/abs/2407.02772
   """
+  if not (
+    callable(getattr(tx, "init", None)) and callable(getattr(tx, "update", None))
+  ):
+    raise TypeError(
+      "tx must be an optax.GradientTransformation (e.g. gen_optax.gen(...)), "
+      f"got tx={tx!r}."
+    )
   if isinstance(every_k, bool) or not isinstance(every_k, int):
     raise TypeError(f"every_k must be an int, got every_k={every_k!r}.")
   if every_k < 1:

@@ -119,6 +119,7 @@ def value_and_grad(
     https://arxiv.org/abs/2407.02772
   """
   validate_settings(mode, probe_multipliers, refresh)
+  fun = line_lib.scalar_loss(fun, "fun", has_aux)
 
   def value_grad_and_line(
     params: Any, opt_state: optax.OptState, *args: Any, **kwargs: Any

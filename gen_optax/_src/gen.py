@@ -629,6 +629,7 @@ def gen(
   )
 
   def init_fn(params: optax.Params) -> GeNState:
+    line_lib.check_floating(params)
     inner_state = inner.init(params)
     if _holds_a_schedule(inner_state):
       warnings.warn(
@@ -778,6 +779,12 @@ def gen(
         "gen needs the current parameters: call "
         "tx.update(grads, state, params, value_fn=...)."
       )
+    if not isinstance(state, GeNState):
+      raise TypeError(
+        "state must be the GeNState made by this transformation's init, got "
+        f"state of type {type(state).__name__}."
+      )
+    line_lib.check_like(updates, "updates (the gradient)", params, "params")
     if line is not None:
       if not isinstance(line, LineMeasurement):
         raise TypeError(

@@ -18,7 +18,6 @@ from typing import Any, Literal, NamedTuple, Protocol
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 Mode = Literal["forward-over-reverse", "forward-over-forward", "probes", "one-probe"]
 
@@ -57,11 +56,80 @@ def scalar_dtype(tree: Any) -> jnp.dtype:
 
 
 def tree_vdot(x: Any, y: Any, dtype: jnp.dtype) -> jax.Array:
-  """⟨x, y⟩ accumulated in ``dtype`` (never in bfloat16)."""
-  return jnp.asarray(
-    optax.tree.vdot(optax.tree.cast(x, dtype), optax.tree.cast(y, dtype)),
-    dtype,
-  )
+  """⟨x, y⟩ = Σ_leaves Σ_i x_i y_i of real trees, accumulated in ``dtype``.
+
+  Never in bfloat16 (``dtype`` is at least float32).  An elementwise product
+  and a sum rather than ``jnp.vdot``: with explicitly sharded leaves (FSDP:
+  a parameter split over devices) a dot product over the sharded axis has no
+  defined output sharding and raises, while a sum reduces to a replicated
+  scalar.
+  """
+  products = jax.tree.map(lambda a, b: jnp.sum(a.astype(dtype) * b.astype(dtype)), x, y)
+  return jnp.asarray(sum(jax.tree.leaves(products), jnp.zeros((), dtype)), dtype)
+
+
+def check_like(tree: Any, name: str, like: Any, like_name: str) -> None:
+  """Raises ValueError unless ``tree`` has the structure and shapes of ``like``.
+
+  Checked at trace time (structures and shapes are static), so a mismatch
+  names the arguments instead of surfacing as a broadcasting error.
+  """
+  tree_structure, like_structure = jax.tree.structure(tree), jax.tree.structure(like)
+  if tree_structure != like_structure:  # type: ignore[operator]
+    raise ValueError(
+      f"{name} must have the tree structure of {like_name}: got {tree_structure} "
+      f"for {name} and {like_structure} for {like_name}."
+    )
+  for (path, a), b in zip(
+    jax.tree_util.tree_flatten_with_path(tree)[0], jax.tree.leaves(like), strict=True
+  ):
+    if jnp.shape(a) != jnp.shape(b):
+      raise ValueError(
+        f"{name}{jax.tree_util.keystr(path)} has shape {jnp.shape(a)}, but "
+        f"{like_name}{jax.tree_util.keystr(path)} has shape {jnp.shape(b)}."
+      )
+
+
+def check_floating(params: Any, name: str = "params") -> None:
+  """Raises TypeError for a leaf that is not floating point (GeN moves every leaf).
+
+  Freeze integer leaves outside the optimized tree (or with ``optax.masked``
+  inside ``gen``'s inner optimizer).
+  """
+  for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+    if not jnp.issubdtype(jnp.result_type(leaf), jnp.floating):
+      raise TypeError(
+        f"{name}{jax.tree_util.keystr(path)} has dtype {jnp.result_type(leaf)}: "
+        "gen steps every leaf by α·u, which needs floating-point parameters."
+      )
+
+
+def scalar_loss(fun: Callable[..., Any], name: str, has_aux: bool = False) -> Callable:
+  """``fun`` checked to return a real scalar (and aux if ``has_aux``) when traced.
+
+  The check runs on the traced output's static shape and dtype: no extra
+  trace, no run-time cost.
+  """
+  if not callable(fun):
+    raise TypeError(f"{name} must be callable, got {name}={fun!r}.")
+
+  def checked(*args: Any, **kwargs: Any) -> Any:
+    out = fun(*args, **kwargs)
+    if has_aux and not (isinstance(out, tuple) and len(out) == 2):
+      raise TypeError(
+        f"{name} has has_aux=True, so it must return a pair (loss, aux), got "
+        f"{type(out).__name__}."
+      )
+    loss = out[0] if has_aux else out
+    shape, dtype = jnp.shape(loss), jnp.result_type(loss)
+    if shape != () or not jnp.issubdtype(dtype, jnp.floating):
+      raise TypeError(
+        f"{name} must return a real scalar loss, got an array of shape {shape} "
+        f"and dtype {dtype} (average over the batch, e.g. jnp.mean)."
+      )
+    return out
+
+  return checked
 
 
 def cast_like(tree: Any, like: Any) -> Any:
@@ -313,8 +381,9 @@ def measure_line(
     https://arxiv.org/abs/2407.02772
   """
   validate_mode(mode, probe_multipliers)
+  check_like(direction, "direction", params, "params")
   return MODES[mode](
-    value_fn,
+    scalar_loss(value_fn, "value_fn"),
     params,
     cast_like(direction, params),
     step_size=jnp.asarray(step_size),
@@ -347,7 +416,9 @@ def value_grad_and_line(
     ``has_aux``.
   """
   validate_mode(mode, probe_multipliers)
+  check_like(direction, "the previous step", params, "params")
   direction = cast_like(direction, params)
+  fun = scalar_loss(fun, "fun", has_aux)
   if not has_aux:
     fun_with_aux = lambda p: (fun(p), None)  # noqa: E731
   else:
