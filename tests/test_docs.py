@@ -16,6 +16,7 @@ def test_every_howto_page_has_code():
     "composition",
     "accumulation",
     "sharding",
+    "multihost",
     "checkpointing",
   }
   for page in HOWTO:

@@ -160,14 +160,15 @@ def test_shard_map_axis_name_keeps_replicas_bit_identical():
   assert not np.array_equal(drifting_params["w"][0], drifting_params["w"][1])
 
 
-def test_sharding_howto_runs_on_eight_devices():
-  """docs/howto/sharding.md, whose assertions compare the sharded runs with
-  one-device runs: on one device (the default test process) they agree
-  trivially; here the batch is split over 8 devices."""
-  page = Path(__file__).parents[2] / "docs" / "howto" / "sharding.md"
-  namespace: dict = {"__name__": "howto_sharding"}
-  blocks = re.findall(r"^```python\n(.*?)^```", page.read_text(), re.S | re.M)
-  assert len(blocks) == 2
-  for block in blocks:
-    exec(compile(block, str(page), "exec"), namespace)
+@pytest.mark.parametrize(("page", "blocks"), [("sharding", 2), ("multihost", 1)])
+def test_howto_runs_on_eight_devices(page, blocks):
+  """The many-devices how-tos, whose assertions compare sharded runs with
+  one-device runs or check the state's layout: on one device (the default
+  test process) they hold trivially; here arrays are split over 8 devices."""
+  path = Path(__file__).parents[2] / "docs" / "howto" / f"{page}.md"
+  namespace: dict = {"__name__": f"howto_{page}"}
+  found = re.findall(r"^```python\n(.*?)^```", path.read_text(), re.S | re.M)
+  assert len(found) == blocks
+  for block in found:
+    exec(compile(block, str(path), "exec"), namespace)
   assert namespace["mesh"].size == 8
