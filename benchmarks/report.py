@@ -281,11 +281,42 @@ def gen_sgd_diagnosis_table(results: dict) -> str:
   return "\n".join(lines)
 
 
+def soak_table(results: dict) -> str:
+  """benchmarks/soak.py: a long run with injected faults against a clean one."""
+
+  def yes(flag: bool) -> str:
+    return "yes" if flag else "**no**"
+
+  lines = [
+    f"{results['steps']} steps, seed {results['seed']}; faults per kind: NaN, inf, "
+    "spike, zero.",
+    "",
+    "| run | no NaN in params/state | α range | α, last 10% / clean "
+    "| final loss (clean) | NaN/inf skipped and counted | spike loss / median "
+    "| zero batch recorded |",
+    "| --- | --- | --- | ---: | --- | --- | ---: | --- |",
+  ]
+  for name, run in results["runs"].items():
+    r = run["summary"]
+    faults = "/".join(str(r["faults"][k]) for k in ("nan", "inf", "spike", "zero"))
+    spike = r["spike_loss_over_median"]
+    lines.append(
+      f"| {name} ({faults}) | {yes(r['params_and_state_finite'])} "
+      f"| {r['alpha_min']:.3g}–{r['alpha_max']:.3g} "
+      f"| {r['alpha_tail_over_clean']:.2f} "
+      f"| {r['final_loss']:.2e} ({r['clean_final_loss']:.2e}) "
+      f"| {yes(r['nonfinite_counted_at_fault_steps'] and r['gen_count_skipped'])} "
+      f"| {'–' if spike is None else f'{spike:.0f}x'} | {yes(r['zero_recorded'])} |"
+    )
+  return "\n".join(lines)
+
+
 RENDERERS: dict[str, Callable[[dict], str]] = {
   "overhead-cpu.json": overhead_table,
   "quality.json": quality_table,
   "study-slope-source.json": slope_source_table,
   "study-gen-sgd-diagnosis.json": gen_sgd_diagnosis_table,
+  "soak.json": soak_table,
 }
 
 
