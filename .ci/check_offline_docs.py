@@ -35,7 +35,7 @@ def external_loads(root: Path) -> list[str]:
 def main() -> int:
   """Prints each problem; exit status 1 if there is any."""
   root = Path(sys.argv[1])
-  pages = list(root.glob("*.html"))
+  pages = [p for p in root.rglob("*.html") if "_static" not in p.parts]
   mathjax = root / "_static" / "mathjax" / "tex-chtml.js"
   problems = external_loads(root)
   if not pages:
