@@ -406,7 +406,8 @@ def gen(
   .. math::
     \alpha \leftarrow \mathrm{clip}\Big(\min\big(
       \mathrm{clip}(\hat\alpha, \alpha/\rho, \rho\alpha),\; b\big),
-      \alpha_{\min}, \alpha_{\max}\Big), \qquad
+      \alpha_{\min}, \alpha_{\max}\Big),
+
     b = \begin{cases}
       \alpha_0\, g^{\,n+1} & \text{during the warm-up}, \\
       r\, \alpha & \text{afterwards},
