@@ -23,6 +23,7 @@ short version.
 """
 
 import argparse
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -91,6 +92,30 @@ def _batch(t: int, x: np.ndarray, y: np.ndarray, kind: str | None):
   return xb, yb, mask
 
 
+@functools.cache
+def _training_step(clip: float | None):
+  """(tx, jitted step) for one setting, built once.
+
+  Runs with the same setting share one compilation.
+  """
+  inner = optax.adamw(1.0, weight_decay=1e-4)
+  if clip is not None:
+    inner = optax.chain(optax.clip_by_global_norm(clip), inner)
+  tx = optax.apply_if_finite(
+    gen_optax.gen(inner, refresh_every=REFRESH_EVERY), max_consecutive_errors=5
+  )
+
+  @jax.jit
+  def step(params, state, xb, yb, mask):
+    value, grads = jax.value_and_grad(_loss)(params, xb, yb, mask)
+    updates, state = tx.update(
+      grads, state, params, value_fn=lambda p: _loss(p, xb, yb, mask)
+    )
+    return optax.apply_updates(params, updates), state, value
+
+  return tx, step
+
+
 def run(
   steps: int,
   per_kind: int,
@@ -107,22 +132,9 @@ def run(
   x, y = load_digits(return_X_y=True)
   x = (x / 16.0).astype(np.float32)
   schedule = fault_schedule(steps, per_kind, seed, kinds)
-  inner = optax.adamw(1.0, weight_decay=1e-4)
-  if clip is not None:
-    inner = optax.chain(optax.clip_by_global_norm(clip), inner)
-  tx = optax.apply_if_finite(
-    gen_optax.gen(inner, refresh_every=REFRESH_EVERY), max_consecutive_errors=5
-  )
+  tx, step = _training_step(clip)
   params = _init(jax.random.key(seed))
   state = tx.init(params)
-
-  @jax.jit
-  def step(params, state, xb, yb, mask):
-    value, grads = jax.value_and_grad(_loss)(params, xb, yb, mask)
-    updates, state = tx.update(
-      grads, state, params, value_fn=lambda p: _loss(p, xb, yb, mask)
-    )
-    return optax.apply_updates(params, updates), state, value
 
   records: dict[str, list] = {
     k: [] for k in ("loss", "alpha", "count", "notfinite", "info_loss", "status")

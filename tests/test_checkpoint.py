@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import optax
 import orbax.checkpoint as ocp
+import pytest
 from flax import nnx
 
 import gen_optax
@@ -77,6 +78,7 @@ class Net(nnx.Module):
     return self.out(jnp.tanh(self.hidden(x)))[:, 0]
 
 
+@pytest.mark.slow  # several seconds: the slow tier (CI runs both)
 def test_nnx_optimizer_state_roundtrips_through_flax_serialization():
   key = jax.random.key(1)
   x = jax.random.normal(key, (64, 5))

@@ -1,6 +1,8 @@
 """gen inside optax's combinators: chain, inject_hyperparams, apply_if_finite,
 partition/masked, and gradient accumulation."""
 
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,8 +18,13 @@ def test_chain_applies_later_members_to_the_scaled_update():
   grads = jax.grad(loss)(params)
   alone = gen_optax.gen(optax.adam(1.0))
   chained = optax.chain(gen_optax.gen(optax.adam(1.0)), optax.scale(0.5))
-  u_alone, _ = alone.update(grads, alone.init(params), params, value_fn=loss)
-  u_chain, _ = chained.update(grads, chained.init(params), params, value_fn=loss)
+  # Jitted: one compilation instead of op-by-op dispatch (seconds, eagerly).
+  u_alone, _ = jax.jit(partial(alone.update, value_fn=loss))(
+    grads, alone.init(params), params
+  )
+  u_chain, _ = jax.jit(partial(chained.update, value_fn=loss))(
+    grads, chained.init(params), params
+  )
   jax.tree.map(
     lambda a, b: np.testing.assert_allclose(b, 0.5 * a, rtol=1e-6), u_alone, u_chain
   )
@@ -45,6 +52,7 @@ def test_inject_hyperparams_needs_refresh_every_static():
     optax.inject_hyperparams(gen_optax.gen)(inner=optax.sgd(1.0)).init(jnp.ones(2))
 
 
+@pytest.mark.slow  # several seconds: the slow tier (CI runs both)
 def test_gen_around_injected_inner_is_invariant_to_its_learning_rate(x64):
   params, loss = tanh_mlp()
   inner = optax.inject_hyperparams(optax.adam)(learning_rate=1.0)
@@ -63,15 +71,16 @@ def test_apply_if_finite_skips_nan_gradients_without_advancing_gen():
   state = tx.init(params)
   grads = jax.grad(loss)(params)
   bad = jax.tree.map(lambda g: g * jnp.nan, grads)
-  updates, state = tx.update(bad, state, params, value_fn=loss)
+  update = jax.jit(partial(tx.update, value_fn=loss))
+  updates, state = update(bad, state, params)
   assert all(bool(jnp.all(u == 0)) for u in jax.tree.leaves(updates))
   assert int(state.notfinite_count) == 1
   assert int(state.inner_state.count) == 0
-  updates, state = tx.update(grads, state, params, value_fn=loss)
+  updates, state = update(grads, state, params)
   assert int(state.inner_state.count) == 1
   # The skipped step stored no previous step: nothing to measure along yet.
   assert int(state.inner_state.info.status) == gen_optax.Status.ZERO_DIRECTION
-  updates, state = tx.update(grads, state, params, value_fn=loss)
+  updates, state = update(grads, state, params)
   assert bool(state.inner_state.info.accepted)
 
 

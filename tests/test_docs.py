@@ -23,7 +23,15 @@ def test_every_howto_page_has_code():
     assert BLOCK.findall(page.read_text()), page
 
 
-@pytest.mark.parametrize("page", HOWTO, ids=lambda p: p.stem)
+@pytest.mark.parametrize(
+  "page",
+  # The sharding page also runs on 8 devices in the slow tier (tests/multidevice).
+  [
+    pytest.param(p, marks=pytest.mark.slow) if p.stem == "sharding" else p
+    for p in HOWTO
+  ],
+  ids=lambda p: p.stem,
+)
 def test_howto_code_runs(page):
   namespace: dict = {"__name__": f"howto_{page.stem}"}
   for block in BLOCK.findall(page.read_text()):

@@ -70,6 +70,7 @@ def test_loss_landscape(tmp_path):
   assert _is_png(tmp_path / "loss_landscape.png")
 
 
+@pytest.mark.slow  # several seconds: the slow tier (CI runs both)
 def test_test_functions(tmp_path):
   finals = _load("test_functions").main(["--steps", "60", "--out", str(tmp_path)])
   # GeN-SGD is exact line search on the quadratic: fast linear convergence.

@@ -541,8 +541,9 @@ def test_learning_rate_is_reachable_with_tree_get_inside_chain():
   params, loss = tanh_mlp(dtype=jnp.float32)
   tx = optax.chain(optax.clip_by_global_norm(1.0), gen_optax.gen(optax.adam(1.0)))
   state = tx.init(params)
+  update = jax.jit(lambda g, s: tx.update(g, s, params, value_fn=loss))
   for _ in range(2):  # the second measures along the first step
-    _, state = tx.update(jax.grad(loss)(params), state, params, value_fn=loss)
+    _, state = update(jax.grad(loss)(params), state)
   gen_state = state[1]
   assert optax.tree.get(state, "learning_rate") == gen_state.learning_rate
   assert bool(gen_state.info.accepted)
@@ -551,6 +552,7 @@ def test_learning_rate_is_reachable_with_tree_get_inside_chain():
 # --- data parallel (axis_name) ------------------------------------------------------
 
 
+@pytest.mark.slow  # several seconds: the slow tier (CI runs both)
 def test_axis_name_makes_replicas_agree():
   """Replicas see different batches: they agree on α only with axis_name."""
   key = jax.random.key(0)
@@ -836,6 +838,7 @@ def test_defaults_converge_on_a_noiseless_quadratic(x64):
   assert greedy <= gd + 2
 
 
+@pytest.mark.slow  # several seconds: the slow tier (CI runs both)
 def test_lazy_refresh_measures_the_step_before_the_refresh(x64):
   params, loss = tanh_mlp()
   tx = gen_optax.gen(optax.adam(1.0), refresh_every=3)

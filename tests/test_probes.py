@@ -225,6 +225,7 @@ _clipped_relu.defvjp(
 )
 
 
+@pytest.mark.slow  # several seconds: the slow tier (CI runs both)
 def test_probe_modes_work_on_a_custom_vjp_model():
   key = jax.random.key(0)
   x = jax.random.normal(key, (32, 4))

@@ -9,7 +9,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
 import soak
 
-STEPS = 240  # one fault of each kind in steps [20, 220)
+STEPS = 160  # one fault of each kind in steps [20, 140)
 
 
 @pytest.fixture(scope="module")
