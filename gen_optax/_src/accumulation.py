@@ -11,6 +11,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from gen_optax._src import gen as gen_lib
+
 
 class MultiStepsState(NamedTuple):
   """State of :func:`multi_steps`."""
@@ -66,13 +68,7 @@ def multi_steps(
     Bu & Xu, *Gradient descent with generalized Newton's method*, ICLR 2025,
     https://arxiv.org/abs/2407.02772
   """
-  if not (
-    callable(getattr(tx, "init", None)) and callable(getattr(tx, "update", None))
-  ):
-    raise TypeError(
-      "tx must be an optax.GradientTransformation (e.g. gen_optax.gen(...)), "
-      f"got tx={tx!r}."
-    )
+  gen_lib.check_transformation(tx, "tx", "gen_optax.gen(...)")
   if isinstance(every_k, bool) or not isinstance(every_k, int):
     raise TypeError(f"every_k must be an int, got every_k={every_k!r}.")
   if every_k < 1:

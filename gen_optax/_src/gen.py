@@ -198,6 +198,17 @@ def _varying(tree: Any, axis_name: str | tuple[str, ...]) -> Any:
   return jax.tree.map(cast, tree)
 
 
+def check_transformation(tx: Any, name: str, example: str) -> None:
+  """Raises TypeError unless ``tx`` has callable ``init`` and ``update``."""
+  if not (
+    callable(getattr(tx, "init", None)) and callable(getattr(tx, "update", None))
+  ):
+    raise TypeError(
+      f"{name} must be an optax.GradientTransformation (e.g. {example}), "
+      f"got {name}={tx!r}."
+    )
+
+
 def _validate(
   *,
   inner: Any,
@@ -220,13 +231,7 @@ def _validate(
   step_dtype: Any,
 ) -> None:
   """Raises ValueError/TypeError naming the first bad argument of `gen`."""
-  if not (
-    callable(getattr(inner, "init", None)) and callable(getattr(inner, "update", None))
-  ):
-    raise TypeError(
-      "inner must be an optax.GradientTransformation (e.g. optax.adam(1.0)), "
-      f"got inner={inner!r}."
-    )
+  check_transformation(inner, "inner", "optax.adam(1.0)")
   line_lib.validate_mode(mode, probe_multipliers)
   if measure_along not in MEASURE_ALONG:
     raise ValueError(
