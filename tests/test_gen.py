@@ -274,27 +274,6 @@ def test_learning_rate_is_clamped_to_bounds(x64, bound):
   np.testing.assert_allclose(updates, -limit * g, rtol=1e-12)
 
 
-def test_multiplier_schedule_scales_the_step_not_the_learning_rate(x64):
-  a, b = spd_matrix(3), np.ones(3)
-  loss = quadratic(a, b)
-  horizon = 10
-  schedule = optax.linear_schedule(1.0, 0.0, horizon)
-  tx = gen_optax.gen(optax.sgd(1.0), multiplier=schedule, **wide_open())
-  plain = gen_optax.gen(optax.sgd(1.0), **wide_open())
-  step, plain_step = make_step(tx, loss), make_step(plain, loss)
-  params, state, plain_state = (
-    jnp.zeros(3),
-    tx.init(jnp.zeros(3)),
-    plain.init(jnp.zeros(3)),
-  )
-  for t in range(3):
-    _, state, updates = step(params, state)
-    _, plain_state, plain_updates = plain_step(params, plain_state)
-    np.testing.assert_allclose(state.learning_rate, plain_state.learning_rate)
-    # optax schedules compute in float32.
-    np.testing.assert_allclose(updates, (1 - t / horizon) * plain_updates, rtol=1e-6)
-
-
 # --- safeguards -----------------------------------------------------------------
 
 

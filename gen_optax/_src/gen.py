@@ -52,6 +52,8 @@ class GeNState(NamedTuple):
   #: scalar float, ⟨g, d⟩ of that step on its own batch (kept only for
   #: ``smoothing=None``, whose weight needs the noise; else 0)
   previous_slope: jax.Array
+  #: scalar float, the multiplier m(t) that scaled that step (1 before any)
+  previous_multiplier: jax.Array
   inner_state: optax.OptState  #: state of the wrapped optimizer
   info: GeNInfo  #: diagnostics of the last refresh
 
@@ -401,7 +403,7 @@ def gen(
   :math:`\sigma_i` and the curvature :math:`|\kappa_i|` per unit length of
   the measured direction, and their ratio, the best distance, is turned into
   a rate by the length :math:`\ell` of the direction per unit rate
-  (:math:`\|d\|/\alpha_-`, or :math:`\|u\|`):
+  (:math:`\|u_-\| = \|d\|/(m_-\alpha_-)`, or :math:`\|u\|`):
 
   .. math::
     \bar\sigma \leftarrow (1-w)\,\bar\sigma + w\,\sigma_i, \qquad
@@ -659,6 +661,7 @@ def gen(
         optax.tree.zeros_like(params, step_dtype) if lookback else optax.EmptyState()
       ),
       previous_slope=jnp.zeros((), dtype),
+      previous_multiplier=jnp.ones((), dtype),
       inner_state=inner_state,
       info=GeNInfo(
         raw_learning_rate=nan(),
@@ -685,8 +688,9 @@ def gen(
 
     ``"previous_step"``: the line of the last step d = θ − θ₋ (built from
     earlier batches, so free of this batch's noise), measured at its end θ;
-    its slope at the start θ₋ is s − |c| (the quadratic model), and the rate
-    that made it is α₋ (length ‖d‖/α₋).  ``"current_update"``: the line of
+    its slope at the start θ₋ is s − |c| (the quadratic model), and the step
+    was m₋α₋u₋, so u₋ has length ‖d‖/(m₋α₋): the multiplier scales the step,
+    never α.  ``"current_update"``: the line of
     this update u from θ (length ‖u‖).  ``line``, when given, is the
     measurement along the previous step, made with the gradient.
     """
@@ -723,7 +727,7 @@ def gen(
       disagreement = start_slope - state.previous_slope / safe_norm
       if not track_noise:
         disagreement = jnp.zeros_like(disagreement)
-      length = norm / alpha
+      length = norm / (alpha * state.previous_multiplier)
     else:
       start_slope = slope / safe_norm
       disagreement = (slope_fn - gradient_slope) / safe_norm
@@ -837,7 +841,8 @@ def gen(
       rule, info = jax.lax.cond(state.count % refresh_every == 0, do_refresh, keep)
     step_size = rule.learning_rate
     factor = multiplier(state.count) if callable(multiplier) else multiplier
-    step_size = step_size * jnp.asarray(factor, step_size.dtype)
+    factor = jnp.asarray(factor, step_size.dtype)
+    step_size = step_size * factor
     new_updates = jax.tree.map(lambda u: (step_size * u).astype(u.dtype), update)
     previous_step, previous_slope = state.previous_step, state.previous_slope
     if lookback:
@@ -856,6 +861,7 @@ def gen(
       rule=rule,
       previous_step=previous_step,
       previous_slope=previous_slope,
+      previous_multiplier=factor if lookback else state.previous_multiplier,
       inner_state=inner_state,
       info=info,
     )
