@@ -1,7 +1,7 @@
 """The benchmarks' one problem type, and the models the cost benchmark times.
 
 A :class:`Problem` is a model with its loss, data and metric; the quality
-benchmark's ten (``quality_problems.py``) and the cost benchmark's three
+benchmark's fourteen (``quality_problems.py``) and the cost benchmark's three
 (here: an MLP, a small CNN and a small transformer LM, in Flax Linen, on
 random data: timing does not depend on values) are all of this type.
 """

@@ -1,6 +1,6 @@
 """Does GeN find learning rates as good as tuned ones, on problems it was not tuned on?
 
-Ten offline problems of different kinds (``quality_problems.py``), split once
+Fourteen offline problems of different kinds (``quality_problems.py``), split once
 and for all into a *selection* half, on which defaults may be screened, and a
 *report* half, on which they are only reported.
 
@@ -14,16 +14,24 @@ Methods, every one on the same batches and seeds:
   linear warm-up and cosine decay to 0;
 * the learning-rate-free peers in optax.
 
-Output, per problem: each method's final training loss (full training set,
-mean over seeds; grids at their best rate), the held-out metric, the rank
-among all methods and among the learning-rate-free ones; GeN's ratios to the
-best constant and best cosine rate of its inner optimizer; a figure.  Then per
-half: worst and median ratio, mean ranks.  Everything goes to ``quality.json``;
-``report.py`` renders the tables of docs/benchmarks.md from it.
+Seeds: 3 per problem, 5 on the long runs (2000 steps), each seed its own
+initialisation and batch order, shared by every method.  Long runs are
+judged seed by seed: a run *fails* when its final training loss is above its
+initial loss or more than 3x the median seed of the best constant rate of its
+inner optimizer (AdamW for the peers).
 
-Run: ``python benchmarks/quality.py --out benchmarks/results`` (about 30
-minutes on 2 CPU cores); ``--quick`` (a quarter of the steps, 1 seed) takes
-about 2 minutes per problem; ``--steps 3`` is the smoke test the suite runs.
+Output, per problem: each method's final training loss per seed and its mean
+(full training set; grids at their best rate by the mean), the held-out
+metric, the rank among all methods and among the learning-rate-free ones, the
+failed seeds; GeN's ratios to the best constant and best cosine rate of its
+inner optimizer, as means and per seed; a figure with every seed.  Then per
+half: worst and median ratio, the worst seed, failure counts, mean ranks.
+Everything goes to ``quality.json``; ``report.py`` renders the tables of
+docs/benchmarks.md from it.
+
+Run: ``python benchmarks/quality.py --out benchmarks/results`` (about an hour
+on 2 CPU cores); ``--quick`` (a quarter of the steps, 1 seed) is a smoke test
+of a few minutes; ``--steps 3`` is the one the suite runs.
 """
 
 import argparse
@@ -47,6 +55,9 @@ import matplotlib.pyplot as plt
 
 GRID = np.logspace(-4, 0, 9)
 WARMUP_FRACTION = 0.05
+FAIL_FACTOR = 3.0  # a run fails above this many times the tuned rate's median seed
+LONG = 2000  # steps from which a problem is a long run
+SEEDS, LONG_SEEDS = 3, 5  # seeds per problem, and per long problem
 
 
 class Method(NamedTuple):
@@ -135,6 +146,15 @@ def methods(steps: int) -> list[Method]:
   return gen_rows + grids + peers
 
 
+def seeds_for(problem: Problem, seeds: int | None = None, quick: bool = False) -> int:
+  """``seeds`` if given, else 1 with ``quick``, else 3 (5 for a long run)."""
+  if seeds is not None:
+    return seeds
+  if quick:
+    return 1
+  return LONG_SEEDS if problem.steps >= LONG else SEEDS
+
+
 def batch_indices(problem: Problem, steps: int, seed: int) -> np.ndarray:
   """(steps, 2, batch): per step the gradient's batch and an independent one."""
   n = len(problem.train[0])
@@ -178,6 +198,13 @@ def train(problem: Problem, method: Method, steps: int, seeds: int) -> dict[str,
       params = method.eval_params(state, params)
     return problem.loss(params, problem.train), problem.metric(params, problem.test)
 
+  # The loss at each seed's initial params (a failed run ends above it).
+  initial = np.asarray(
+    [
+      jax.jit(lambda s: problem.loss(problem.init(jax.random.key(s)), problem.train))(s)
+      for s in range(seeds)
+    ]
+  )
   start = time.perf_counter()
   seed_of = np.repeat(np.arange(seeds), len(lrs))
   lr_of = jnp.asarray(np.tile(lrs, seeds), jnp.float32)
@@ -213,6 +240,7 @@ def train(problem: Problem, method: Method, steps: int, seeds: int) -> dict[str,
   final = final.reshape(shape)
   return {
     "lrs": lrs,
+    "initial": initial,  # (seeds,)
     "final": np.where(np.isfinite(final), final, np.inf),  # (seeds, lrs)
     "metric": metric.reshape(shape),
     "losses": losses.reshape(*shape, steps),  # minibatch losses
@@ -227,8 +255,18 @@ def _rank(rows: list[dict], key: str) -> None:
     rows[i][key] = rank
 
 
+def failed(final: np.ndarray, initial: np.ndarray, reference: float) -> np.ndarray:
+  """Per seed: the run ended above its initial loss, or above 3x the reference.
+
+  The reference is the median seed of the best constant rate of the same
+  inner optimizer (AdamW for the peers): a run 3x worse than a tuned rate's
+  typical seed has failed, however good its mean.
+  """
+  return (final > initial) | (final > FAIL_FACTOR * reference) | ~np.isfinite(final)
+
+
 def summarize(problem: Problem, runs: dict[str, dict], table: list[Method]) -> list:
-  """One row per method (grids at their best rate), ranked, with GeN's ratios."""
+  """One row per method (grids at their best rate), ranked, with ratios per seed."""
   rows = []
   for method in table:
     r = runs[method.name]
@@ -246,6 +284,7 @@ def summarize(problem: Problem, runs: dict[str, dict], table: list[Method]) -> l
         "loop": method.value_fn_batch,
         "final_loss": float(mean_final[best]),
         "final_loss_seeds": r["final"][:, best].tolist(),
+        "initial_loss_seeds": r["initial"].tolist(),
         "metric": float(r["metric"][:, best].mean()),
         "best_lr": float(r["lrs"][best]) if grid else None,
         # A best rate on the grid's edge means the grid may be too narrow.
@@ -264,22 +303,37 @@ def summarize(problem: Problem, runs: dict[str, dict], table: list[Method]) -> l
       }
   _rank(rows, "rank")
   _rank([row for row in rows if row["family"] != "grid"], "lr_free_rank")
+
+  def grid_row(inner: str, schedule: str) -> dict:
+    return next(
+      g
+      for g in rows
+      if g["family"] == "grid" and g["inner"] == inner and g["schedule"] == schedule
+    )
+
   for row in rows:
-    if row["family"] == "gen":
-      for schedule in ("constant", "cosine"):
-        grid = next(
-          g
-          for g in rows
-          if g["family"] == "grid"
-          and g["inner"] == row["inner"]
-          and g["schedule"] == schedule
-        )
-        row[f"over_best_{schedule}"] = row["final_loss"] / grid["final_loss"]
+    inner = row["inner"] or "adamw"  # peers are compared with AdamW
+    final = np.asarray(row["final_loss_seeds"])
+    for schedule in ("constant", "cosine"):
+      best = grid_row(inner, schedule)
+      typical = float(np.median(best["final_loss_seeds"]))
+      row[f"over_best_{schedule}"] = row["final_loss"] / best["final_loss"]
+      # Seed by seed, over the tuned rate's median seed.
+      row[f"seed_over_best_{schedule}"] = (final / typical).tolist()
+    reference = float(np.median(grid_row(inner, "constant")["final_loss_seeds"]))
+    fails = failed(final, np.asarray(row["initial_loss_seeds"]), reference)
+    row["failed_seeds"] = [int(i) for i in np.flatnonzero(fails)]
   return rows
 
 
 def overall(rows: list[dict]) -> dict[str, Any]:
-  """Per half ("select", "report", "all"): GeN's worst and median ratios, ranks."""
+  """Per half ("select", "report", "all") and method: ratios, worst seeds, ranks.
+
+  ``worst_over_best_*`` and ``median_over_best_*`` are over the problems'
+  mean ratios; ``worst_seed_over_best_*`` is the worst single seed of any
+  problem; ``failures`` counts failed runs (seeds) over all the half's
+  problems, out of ``runs``.
+  """
   summary: dict[str, Any] = {}
   for half in ("select", "report", "all"):
     chosen = [r for r in rows if half == "all" or r["split"] == half]
@@ -289,18 +343,23 @@ def overall(rows: list[dict]) -> dict[str, Any]:
     per_method = {}
     for name in names:
       mine = [r for r in chosen if r["method"] == name]
-      entry: dict[str, Any] = {"mean_rank": float(np.mean([r["rank"] for r in mine]))}
+      entry: dict[str, Any] = {
+        "mean_rank": float(np.mean([r["rank"] for r in mine])),
+        "failures": sum(len(r["failed_seeds"]) for r in mine),
+        "runs": sum(len(r["final_loss_seeds"]) for r in mine),
+        "failed_problems": sorted({r["problem"] for r in mine if r["failed_seeds"]}),
+      }
       if "lr_free_rank" in mine[0]:
         entry["mean_lr_free_rank"] = float(np.mean([r["lr_free_rank"] for r in mine]))
       for schedule in ("constant", "cosine"):
-        ratios = [
-          r[f"over_best_{schedule}"] for r in mine if f"over_best_{schedule}" in r
-        ]
-        if ratios:
-          worst = max(mine, key=lambda r, s=schedule: r[f"over_best_{s}"])
-          entry[f"worst_over_best_{schedule}"] = worst[f"over_best_{schedule}"]
-          entry[f"worst_problem_{schedule}"] = worst["problem"]
-          entry[f"median_over_best_{schedule}"] = float(np.median(ratios))
+        key = f"over_best_{schedule}"
+        worst = max(mine, key=lambda r, k=key: r[k])
+        entry[f"worst_{key}"] = worst[key]
+        entry[f"worst_problem_{schedule}"] = worst["problem"]
+        entry[f"median_{key}"] = float(np.median([r[key] for r in mine]))
+        seed_worst = max(mine, key=lambda r, k=key: max(r[f"seed_{k}"]))
+        entry[f"worst_seed_{key}"] = max(seed_worst[f"seed_{key}"])
+        entry[f"worst_seed_problem_{schedule}"] = seed_worst["problem"]
       per_method[name] = entry
     summary[half] = {
       "problems": list(dict.fromkeys(r["problem"] for r in chosen)),
@@ -310,50 +369,66 @@ def overall(rows: list[dict]) -> dict[str, Any]:
 
 
 def plot(problem: Problem, runs: dict, rows: list[dict], steps: int, out: Path) -> Path:
-  fig, (ax_loss, ax_lr) = plt.subplots(1, 2, figsize=(11, 4))
+  """Loss and α per seed (thin lines) for GeN, the best grid rates and top peers."""
+  fig, (ax_loss, ax_lr) = plt.subplots(1, 2, figsize=(13, 5))
   window = max(1, steps // 40)
+  peers = sorted((r for r in rows if r["family"] == "peer"), key=lambda r: r["rank"])
+  shown = [r for r in rows if r["family"] != "peer"] + peers[:3]
   colors = dict(
-    zip([r["method"] for r in rows], plt.get_cmap("tab20").colors, strict=False)
+    zip([r["method"] for r in shown], plt.get_cmap("tab20").colors, strict=False)
   )
-  shown = [r for r in rows if r["family"] != "peer" or r["lr_free_rank"] <= 6]
   for row in sorted(shown, key=lambda r: r["rank"]):
     r = runs[row["method"]]
     best = int(np.argmin(r["final"].mean(axis=0)))
-    curve = np.convolve(r["losses"][:, best].mean(axis=0), np.ones(window) / window)
     style = {"gen": "-", "grid": "--", "peer": ":"}[row["family"]]
-    ax_loss.semilogy(
-      curve[window - 1 : steps],
-      style,
-      color=colors[row["method"]],
-      label=f"{row['rank']}. {row['method']}",
-    )
+    for seed, losses in enumerate(r["losses"][:, best]):
+      curve = np.convolve(losses, np.ones(window) / window)[window - 1 : steps]
+      ax_loss.semilogy(
+        curve,
+        style,
+        color=colors[row["method"]],
+        linewidth=0.7,
+        alpha=0.6,
+        label=f"{row['rank']}. {row['method']}" if seed == 0 else None,
+      )
   t = np.arange(steps)
   lowest = np.inf
-  for row in rows:
+  for row in shown:
     r = runs[row["method"]]
     if row["family"] == "gen":
-      rate = np.nanmean(r["rates"][:, 0], axis=0)
-      lowest = min(lowest, np.nanmin(rate))
-      ax_lr.semilogy(rate, color=colors[row["method"]], label=row["method"])
+      for seed, rate in enumerate(r["rates"][:, 0]):
+        lowest = min(lowest, np.nanmin(rate))
+        ax_lr.semilogy(
+          rate,
+          color=colors[row["method"]],
+          linewidth=0.7,
+          alpha=0.6,
+          label=row["method"] if seed == 0 else None,
+        )
     elif row["family"] == "grid" and row["inner"] == "adamw":
       rate = row["best_lr"] * np.ones(steps)
       if row["schedule"] == "cosine":
         rate = np.asarray(jax.vmap(warmup_cosine(row["best_lr"], steps))(t))
       ax_lr.semilogy(
-        t, rate, "--", color=colors[row["method"]], label=f"best {row['method']}"
+        t,
+        rate,
+        "--",
+        color=colors[row["method"]],
+        linewidth=2,
+        label=f"best {row['method']}",
       )
   ax_lr.set_ylim(bottom=lowest / 10)  # the cosine's tail would squash the rest
-  ax_loss.set(xlabel="step", ylabel="minibatch loss (moving mean)", title=problem.name)
-  ax_loss.legend(fontsize=6, ncol=2)
-  ax_lr.set(
-    xlabel="step",
-    ylabel="learning rate",
-    title="GeN's α (mean over seeds) and best AdamW rates",
+  ax_loss.set(
+    xlabel="step", ylabel="minibatch loss (moving mean), each seed", title=problem.name
   )
-  ax_lr.legend(fontsize=6)
+  ax_loss.legend(fontsize=8, ncol=2)
+  ax_lr.set(
+    xlabel="step", ylabel="learning rate", title="GeN's α, each seed; best AdamW rates"
+  )
+  ax_lr.legend(fontsize=8)
   fig.tight_layout()
   path = out / f"quality-{problem.name}.png"
-  fig.savefig(path, dpi=80)
+  fig.savefig(path, dpi=90)
   plt.close(fig)
   return path
 
@@ -362,7 +437,12 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--problems", nargs="+", default=None, choices=PROBLEMS)
   parser.add_argument("--split", choices=SPLIT, default=None, help="one half only")
-  parser.add_argument("--seeds", type=int, default=3)
+  parser.add_argument(
+    "--seeds",
+    type=int,
+    default=None,
+    help=f"seeds per problem (default {SEEDS}, {LONG_SEEDS} on runs of {LONG}+ steps)",
+  )
   parser.add_argument(
     "--steps", type=int, default=None, help="override every problem's"
   )
@@ -372,38 +452,41 @@ def main() -> None:
   parser.add_argument("--out", type=Path, default=Path("outputs/quality"))
   args = parser.parse_args()
   names = args.problems or (SPLIT[args.split] if args.split else list(PROBLEMS))
-  if args.quick:
-    args.seeds = 1
   args.out.mkdir(parents=True, exist_ok=True)
   rows: list[dict] = []
   problems = {}
   for name in names:
     problem = PROBLEMS[name]()
     steps = args.steps or (problem.steps // 4 if args.quick else problem.steps)
+    seeds = seeds_for(problem, args.seeds, args.quick)
     table = methods(steps)
-    runs = {m.name: train(problem, m, steps, args.seeds) for m in table}
+    runs = {m.name: train(problem, m, steps, seeds) for m in table}
     mine = summarize(problem, runs, table)
     rows.extend(mine)
     problems[name] = {
       "kind": problem.kind,
       "split": problem.split,
       "steps": steps,
+      "seeds": seeds,
       "batch_size": problem.batch_size,
       "metric_name": problem.metric_name,
       "figure": plot(problem, runs, mine, steps, args.out).name,
     }
-    print(f"\n{name} ({problem.split}): {steps} steps, {args.seeds} seeds", flush=True)
+    print(f"\n{name} ({problem.split}): {steps} steps, {seeds} seeds", flush=True)
     for row in sorted(mine, key=lambda r: r["rank"]):
       lr = f" lr {row['best_lr']:.0e}" if row["best_lr"] else ""
       ratios = (
         f"  /best constant {row['over_best_constant']:.2f}"
+        f" (worst seed {max(row['seed_over_best_constant']):.2f})"
         f"  /best cosine {row['over_best_cosine']:.2f}"
         if row["family"] == "gen"
         else ""
       )
+      fails = f"  FAILED seeds {row['failed_seeds']}" if row["failed_seeds"] else ""
       print(
         f"  {row['rank']:2d}. {row['method']:32s} train {row['final_loss']:.4g}{lr}"
-        f"  {problem.metric_name} {row['metric']:.4g}{ratios}  ({row['seconds']:.0f}s)",
+        f"  {problem.metric_name} {row['metric']:.4g}{ratios}{fails}"
+        f"  ({row['seconds']:.0f}s)",
         flush=True,
       )
   summary = overall(rows)
@@ -415,10 +498,13 @@ def main() -> None:
       ratios = "".join(
         f"  /best {s}: worst {stats[f'worst_over_best_{s}']:.2f}"
         f" median {stats[f'median_over_best_{s}']:.2f}"
+        f" worst seed {stats[f'worst_seed_over_best_{s}']:.2f}"
         for s in ("constant", "cosine")
-        if f"worst_over_best_{s}" in stats
       )
-      print(f"  mean rank {stats['mean_rank']:5.2f}  {name}{ratios}")
+      print(
+        f"  mean rank {stats['mean_rank']:5.2f}  {name}{ratios}"
+        f"  failures {stats['failures']}/{stats['runs']}"
+      )
   (args.out / "quality.json").write_text(
     json.dumps(
       {
@@ -428,7 +514,8 @@ def main() -> None:
           for k, v in vars(args).items()
           if v not in (None, False) and k != "out"
         ),
-        "seeds": args.seeds,
+        "seeds": {"default": SEEDS, "long": LONG_SEEDS, "override": args.seeds},
+        "fail_factor": FAIL_FACTOR,
         "grid": GRID.tolist(),
         "jax": jax.__version__,
         "optax": optax.__version__,

@@ -147,34 +147,52 @@ def _cell(row: dict) -> str:
   lr = ""
   if row["best_lr"] is not None:
     lr = f" (lr {row['best_lr']:.0e}{'!' if row['best_lr_at_edge'] else ''})"
-  return f"{row['final_loss']:.3g}{lr} #{row['rank']}"
+  fails = f" ✗{len(row['failed_seeds'])}" if row["failed_seeds"] else ""
+  return f"{row['final_loss']:.3g}{lr} #{row['rank']}{fails}"
+
+
+def _ratio_cell(row: dict, schedule: str) -> str:
+  """Mean ratio, the seeds' spread, and failed seeds (✗n)."""
+  seeds = row[f"seed_over_best_{schedule}"]
+  fails = f" ✗{len(row['failed_seeds'])}" if row["failed_seeds"] else ""
+  return (
+    f"{row[f'over_best_{schedule}']:.2f} ({min(seeds):.2f}–{max(seeds):.2f}){fails}"
+  )
 
 
 def quality_table(results: dict) -> str:
   problems, rows, summary = results["problems"], results["rows"], results["summary"]
   gen_methods = list(dict.fromkeys(r["method"] for r in rows if r["family"] == "gen"))
   steps = sorted({p["steps"] for p in problems.values()})
+  seeds = sorted({p["seeds"] for p in problems.values()})
+  factor = results["fail_factor"]
   lines = [
-    f"`{results['command']}`: {results['seeds']} seeds, jax {results['jax']},"
-    f" optax {results['optax']}; {' or '.join(map(str, steps))} steps per problem.",
+    f"`{results['command']}`: jax {results['jax']}, optax {results['optax']};"
+    f" {' or '.join(map(str, steps))} steps and {' or '.join(map(str, seeds))}"
+    " seeds per problem.  A run (one seed) **fails** when its final training"
+    f" loss is above its initial loss or more than {factor:g}x the median seed"
+    " of the best constant rate of its inner optimizer (AdamW for the peers).",
     "",
-    "| problem | half | kind | held-out metric |",
-    "|---|---|---|---|",
+    "| problem | half | kind | steps | seeds | held-out metric |",
+    "|---|---|---|---|---|---|",
   ]
   lines += [
-    f"| {name} | {p['split']} | {p['kind']} | {p['metric_name']} |"
+    f"| {name} | {p['split']} | {p['kind']} | {p['steps']} | {p['seeds']}"
+    f" | {p['metric_name']} |"
     for name, p in problems.items()
   ]
   lines += [
     "",
     "**GeN's final training loss over the best grid entry of its inner optimizer**"
-    " (constant rate / warm-up + cosine peak rate), per half: worst (on which"
-    " problem) and median; mean rank among all 15 methods and among the 11"
-    " learning-rate-free ones (GeN rows and peers).",
+    " (constant rate / warm-up + cosine peak rate), per half: worst problem (mean"
+    " over seeds) and median over problems; the worst single seed over the best"
+    " rate's median seed; failed runs out of all seeds of the half; mean rank"
+    " among all 15 methods and among the 11 learning-rate-free ones.",
     "",
-    "| half | method | worst / constant | median / constant | worst / cosine"
-    " | median / cosine | mean rank | mean rank, LR-free |",
-    "|---|---|---|---|---|---|---|---|",
+    "| half | method | worst / constant | median / constant | worst seed / constant"
+    " | failed runs | worst / cosine | median / cosine | mean rank"
+    " | mean rank, LR-free |",
+    "|---|---|---|---|---|---|---|---|---|---|",
   ]
   for half, entry in summary.items():
     for method in gen_methods:
@@ -183,24 +201,47 @@ def quality_table(results: dict) -> str:
         f"| {half} | {method}"
         f" | {s['worst_over_best_constant']:.2f} ({s['worst_problem_constant']})"
         f" | {s['median_over_best_constant']:.2f}"
+        f" | {s['worst_seed_over_best_constant']:.2f}"
+        f" ({s['worst_seed_problem_constant']})"
+        f" | {s['failures']}/{s['runs']}"
         f" | {s['worst_over_best_cosine']:.2f} ({s['worst_problem_cosine']})"
         f" | {s['median_over_best_cosine']:.2f}"
         f" | {s['mean_rank']:.1f} | {s['mean_lr_free_rank']:.1f} |"
       )
+  methods = list(dict.fromkeys(r["method"] for r in rows))
   lines += [
     "",
-    "**Per problem**: GeN's ratio to the best constant / best cosine rate of its"
-    " inner optimizer.",
+    "**Failed runs per method** (seeds that failed, out of all seeds; the problems"
+    " where they failed):",
     "",
-    "| problem | half | " + " | ".join(gen_methods) + " |",
-    "|---|---|" + "---|" * len(gen_methods),
+    "| method | " + " | ".join(h for h in summary) + " |",
+    "|---|" + "---|" * len(summary),
   ]
-  for name, p in problems.items():
+  for method in methods:
     cells = []
-    for method in gen_methods:
-      row = next(r for r in rows if r["problem"] == name and r["method"] == method)
-      cells.append(f"{row['over_best_constant']:.2f} / {row['over_best_cosine']:.2f}")
-    lines.append(f"| {name} | {p['split']} | " + " | ".join(cells) + " |")
+    for entry in summary.values():
+      s = entry["methods"][method]
+      where = f" ({', '.join(s['failed_problems'])})" if s["failed_problems"] else ""
+      cells.append(f"{s['failures']}/{s['runs']}{where}")
+    lines.append(f"| {method} | " + " | ".join(cells) + " |")
+  for schedule in ("constant", "cosine"):
+    lines += [
+      "",
+      f"**Per problem, over the best {schedule} rate**: GeN's mean ratio, the"
+      " spread of its seeds (each over the best rate's median seed), ✗n failed"
+      " seeds.",
+      "",
+      "| problem | half | " + " | ".join(gen_methods) + " |",
+      "|---|---|" + "---|" * len(gen_methods),
+    ]
+    for name, p in problems.items():
+      cells = [
+        _ratio_cell(
+          next(r for r in rows if r["problem"] == name and r["method"] == m), schedule
+        )
+        for m in gen_methods
+      ]
+      lines.append(f"| {name} | {p['split']} | " + " | ".join(cells) + " |")
   for half, entry in summary.items():
     if half == "all":
       continue
@@ -208,7 +249,7 @@ def quality_table(results: dict) -> str:
     lines += [
       "",
       f"**{half.capitalize()} half**: final training loss (mean over seeds) and rank;"
-      " grids at their best rate (`!`: on the grid's edge).",
+      " grids at their best rate (`!`: on the grid's edge); ✗n failed seeds.",
       "",
       "| method | " + " | ".join(names) + " | mean rank |",
       "|---|" + "---|" * (len(names) + 1),
@@ -311,7 +352,39 @@ def soak_table(results: dict) -> str:
   return "\n".join(lines)
 
 
+def seed_demo_table(results: dict) -> str:
+  """benchmarks/seed_demo.py: final MSE per inner, method and seed."""
+  rows = results["rows"]
+  seeds = list(dict.fromkeys(r["seed"] for r in rows))
+  lines = [
+    f"`{results['command']}` (SEED: the seed project's folder): jax"
+    f" {results['jax']}, optax {results['optax']}, torch {results['torch']}."
+    f" {results['problem']}.  Final MSE on all the data; seed 11 is the demo's"
+    " own.",
+    "",
+    "| inner | method | "
+    + " | ".join(f"seed {s}" for s in seeds)
+    + " | mean | worst |",
+    "|---|---|" + "---|" * (len(seeds) + 2),
+  ]
+  for inner in dict.fromkeys(r["inner"] for r in rows):
+    for method in dict.fromkeys(r["method"] for r in rows):
+      mine = {
+        r["seed"]: r["final_mse"]
+        for r in rows
+        if r["inner"] == inner and r["method"] == method
+      }
+      values = [mine[s] for s in seeds]
+      lines.append(
+        f"| {inner} | {method} | "
+        + " | ".join(f"{v:.4f}" for v in values)
+        + f" | {np.mean(values):.4f} | {max(values):.4f} |"
+      )
+  return "\n".join(lines)
+
+
 RENDERERS: dict[str, Callable[[dict], str]] = {
+  "seed-demo.json": seed_demo_table,
   "overhead-cpu.json": overhead_table,
   "quality.json": quality_table,
   "study-slope-source.json": slope_source_table,
