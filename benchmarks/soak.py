@@ -137,7 +137,7 @@ def run(
   state = tx.init(params)
 
   records: dict[str, list] = {
-    k: [] for k in ("loss", "alpha", "count", "notfinite", "info_loss")
+    k: [] for k in ("loss", "alpha", "count", "notfinite", "info_loss", "status")
   }
   injected: list[dict[str, Any]] = []
   pending = sorted(schedule.items())
@@ -158,6 +158,7 @@ def run(
     records["count"].append(int(gen_state.count))
     records["notfinite"].append(int(state.total_notfinite))
     records["info_loss"].append(float(info.loss))
+    records["status"].append(int(info.status))
     if kind is not None:
       injected.append(
         {
@@ -217,10 +218,18 @@ def summarize(faulty: dict[str, Any], clean: dict[str, Any]) -> dict[str, Any]:
     "nonfinite_counted_at_fault_steps": sorted(np.flatnonzero(notfinite).tolist())
     == sorted(steps_of["nan"] + steps_of["inf"]),
     "gen_count_skipped": faulty["steps"] - int(gen_state.count) == skipped,
-    # Spike: GeNInfo's loss at the fault is far above the typical loss.
+    # Spike: GeNInfo's loss at the fault is far above the typical loss, and
+    # above every batch loss of the clean run; the rule flagged it.
     "spike_loss_over_median": min(
       (rec["info_loss"][t] / typical_loss for t in steps_of["spike"]),
       default=None,
+    ),
+    "spike_loss_over_clean_max": min(
+      (rec["info_loss"][t] / max(ref["loss"]) for t in steps_of["spike"]),
+      default=None,
+    ),
+    "spike_flagged": all(
+      rec["status"][t] == gen_optax.Status.LOSS_SPIKE for t in steps_of["spike"]
     ),
     # Zero: GeNInfo shows the flat line (loss, slope, curvature exactly 0).
     "zero_recorded": all(

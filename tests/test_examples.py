@@ -29,11 +29,11 @@ def test_digits_cnn(tmp_path):
   )
   gen_run = results[0]
   assert gen_run["history"]["loss"][-1] < gen_run["history"]["loss"][0]
-  # α never passes the warm-up cap 1e-3 · 1.2ⁿ (n ≤ the step's index), and
+  # α never passes the warm-up cap 1e-3 · 1.05ⁿ (n ≤ the step's index), and
   # it has left init_learning_rate by the last logged step.
   history = gen_run["history"]
   assert all(
-    lr <= 1e-3 * 1.2**step * (1 + 1e-6)
+    lr <= 1e-3 * 1.05**step * (1 + 1e-6)
     for step, lr in zip(history["step"], history["lr"], strict=True)
   )
   assert history["lr"][-1] > 1e-3

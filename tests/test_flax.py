@@ -108,8 +108,8 @@ def test_nnx_optimizer_trains_and_gen_leaves_statistics_alone(mode):
   learning_rate = float(gen_optax.learning_rate(gen_state))
   accepted = int(optax.tree.get(gen_state, "num_accepted"))
   assert accepted > 30
-  # Never above the warm-up cap init · 1.2^accepted; risen well above init.
-  assert 1e-2 < learning_rate <= 1e-3 * 1.2**accepted * (1 + 1e-6)
+  # Never above the warm-up cap init · 1.05^accepted; risen above init.
+  assert 2e-3 < learning_rate <= 1e-3 * 1.05**accepted * (1 + 1e-6)
 
 
 def _same(a, b, rtol=0.0):
@@ -178,7 +178,7 @@ def test_nnx_fused_training_equals_the_value_fn_loop():
       train_step(model, optimizer, *_data(step))
     runs.append((nnx.as_pure(nnx.state(model)), optimizer))
   (state_a, opt_a), (state_b, opt_b) = runs
-  assert int(gen_optax.find_state(nnx.as_pure(opt_b.opt_state)).info.num_accepted) > 8
+  assert int(gen_optax.find_state(nnx.as_pure(opt_b.opt_state)).rule.num_accepted) > 8
   np.testing.assert_allclose(
     gen_optax.learning_rate(nnx.as_pure(opt_a.opt_state)),
     gen_optax.learning_rate(nnx.as_pure(opt_b.opt_state)),
@@ -259,7 +259,7 @@ def test_linen_train_state_with_gen_trains():
   # Averaged over the last 20 steps: BatchNorm's running statistics lag the
   # parameters, so the eval loss of any single step jumps around.
   assert np.mean(late) < 0.5 * initial, (initial, late)
-  assert int(state.opt_state.info.num_accepted) > 50
+  assert int(state.opt_state.rule.num_accepted) > 50
 
 
 def test_linen_fused_line_takes_the_value_fn_steps():
@@ -289,7 +289,7 @@ def test_linen_fused_line_takes_the_value_fn_steps():
     for step in range(12):
       state = train_step(state, *_data(step))
     states.append(state)
-  assert int(states[1].opt_state.info.num_accepted) > 8
+  assert int(states[1].opt_state.rule.num_accepted) > 8
   np.testing.assert_allclose(
     states[0].opt_state.learning_rate, states[1].opt_state.learning_rate, rtol=1e-5
   )

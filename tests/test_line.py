@@ -169,7 +169,7 @@ def test_gen_with_the_fused_line_takes_the_value_fn_steps(x64, mode):
       p, state, _ = step(p, state)
     runs.append((p, state))
   (p1, s1), (p2, s2) = runs
-  assert int(s1.info.num_accepted) >= 6  # the runs measured, and agreed
+  assert int(s1.rule.num_accepted) >= 6  # the runs measured, and agreed
   # The probe modes evaluate the same probes; the exact ones the same jvp.
   np.testing.assert_allclose(s1.learning_rate, s2.learning_rate, rtol=1e-9)
   for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p2), strict=True):

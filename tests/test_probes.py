@@ -239,7 +239,7 @@ def test_probe_modes_work_on_a_custom_vjp_model():
     for _ in range(20):
       p, state, _ = step(p, state)
     assert float(loss(p)) < 0.5 * float(loss(params))
-    assert int(state.info.num_accepted) > 10
+    assert int(state.rule.num_accepted) > 10
   # Forward-mode slope fails clearly and says what works instead.
   tx = gen_optax.gen(optax.adam(1.0), mode="one-probe")
   with pytest.raises((TypeError, NotImplementedError), match="slope_from='gradient'"):

@@ -60,7 +60,7 @@ def test_gen_adam_trains_digits_mlp(batch_size):
     learning_rates.append(float(state.learning_rate))
 
   final = float(_loss(params, x, y))
-  assert int(state.info.num_accepted) > 100
+  assert int(state.rule.num_accepted) > 100
   if batch_size is None:
     # Full batch: the quadratic model is exact up to O(α³); the MLP interpolates.
     assert final < 1e-3 * initial, (initial, final)

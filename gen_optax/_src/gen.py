@@ -7,6 +7,7 @@ from typing import Any, Literal, NamedTuple, get_args
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from gen_optax._src import line as line_lib
@@ -33,7 +34,6 @@ class GeNInfo(NamedTuple):
   weight: jax.Array  #: scalar float, weight of this measurement in the running means
   status: jax.Array  #: scalar int32, a `Status`
   num_refreshes: jax.Array  #: scalar int32, refreshes so far
-  num_accepted: jax.Array  #: scalar int32, accepted refreshes so far
 
   @property
   def accepted(self) -> jax.Array:
@@ -49,11 +49,9 @@ class GeNState(NamedTuple):
   count: jax.Array  # type: ignore[assignment]
   rule: rule_lib.RuleState  #: α, the running means and the warm-up phase
   previous_step: optax.Updates  #: the last update returned (like params), or empty
-  #: scalar float, ⟨g, d⟩ of that step on its own batch (kept only for
-  #: ``smoothing=None``, whose weight needs the noise; else 0)
-  previous_slope: jax.Array
-  #: scalar float, the multiplier m(t) that scaled that step (1 before any)
-  previous_multiplier: jax.Array
+  #: scalar float, the rate that scaled that step: it was this times the
+  #: inner update (α·m(t), and the horizon's factor; 1 before any step)
+  previous_rate: jax.Array
   inner_state: optax.OptState  #: state of the wrapped optimizer
   info: GeNInfo  #: diagnostics of the last refresh
 
@@ -182,6 +180,49 @@ def _holds_a_schedule(inner_state: optax.OptState) -> bool:
   return any(map(is_schedule, leaves))
 
 
+def _where(condition: jax.Array, x: Any, y: Any) -> Any:
+  """``x`` where the scalar ``condition`` holds, else ``y``, leaf by leaf."""
+  return jax.tree.map(lambda a, b: jnp.where(condition, a, b), x, y)
+
+
+def to_measurement(
+  loss: jax.Array,
+  slope: jax.Array,
+  curvature: jax.Array,
+  norm: jax.Array,
+  *,
+  rate: jax.Array,
+  lookback: bool,
+  poor_fit: jax.Array,
+) -> rule_lib.Measurement:
+  """The rule's view of one measured line: per unit length, with why to discard.
+
+  ``slope`` and ``curvature`` are along the measured direction (of norm
+  ``norm``), which is ``rate`` times the inner update it came from.  Along the
+  previous step, measured at its end, the quadratic model's slope at the
+  start is s − |c|; along the current update, the start is where it was
+  measured.
+  """
+  safe_norm = jnp.where(norm > 0, norm, 1)
+  start_slope = slope - jnp.abs(curvature) if lookback else slope
+  discard = jnp.select(
+    [
+      norm == 0,
+      ~(jnp.isfinite(loss) & jnp.isfinite(slope) & jnp.isfinite(curvature)),
+      poor_fit,
+    ],
+    [Status.ZERO_DIRECTION, Status.NON_FINITE, Status.POOR_FIT],
+    Status.ACCEPTED,
+  ).astype(jnp.int32)
+  return rule_lib.Measurement(
+    slope=start_slope / safe_norm,
+    curvature=curvature / safe_norm**2,
+    loss=loss,
+    length=norm / jnp.where(rate > 0, rate, 1),
+    discard=discard,
+  )
+
+
 def _varying(tree: Any, axis_name: str | tuple[str, ...]) -> Any:
   """Marks replicated values as varying over `axis_name` (shard_map's vma).
 
@@ -221,7 +262,6 @@ def _validate(
   min_learning_rate: Any,
   max_learning_rate: Any,
   smoothing: Any,
-  relative_error: Any,
   trust_ratio: Any,
   warmup_growth: Any,
   max_growth: Any,
@@ -231,6 +271,7 @@ def _validate(
   min_r2: Any,
   axis_name: Any,
   step_dtype: Any,
+  total_steps: Any,
 ) -> None:
   """Raises ValueError/TypeError naming the first bad argument of `gen`."""
   check_transformation(inner, "inner", "optax.adam(1.0)")
@@ -269,16 +310,14 @@ def _validate(
       f"[{min_learning_rate!r}, {max_learning_rate!r}], "
       f"got init_learning_rate={init_learning_rate!r}."
     )
-  gamma = None if smoothing is None else _as_number("smoothing", smoothing)
+  if smoothing is None:
+    raise TypeError(
+      "smoothing must be a number in [0, 1): smoothing=None (the weight that "
+      "followed the noise) was removed, see the CHANGELOG; got smoothing=None."
+    )
+  gamma = _as_number("smoothing", smoothing)
   if gamma is not None and not 0 <= gamma < 1:
-    raise ValueError(
-      f"smoothing must lie in [0, 1) or be None, got smoothing={smoothing!r}."
-    )
-  epsilon = _as_number("relative_error", relative_error)
-  if epsilon is not None and not epsilon > 0:
-    raise ValueError(
-      f"relative_error must be > 0, got relative_error={relative_error!r}."
-    )
+    raise ValueError(f"smoothing must lie in [0, 1), got smoothing={smoothing!r}.")
   rho = growth = None
   if trust_ratio is not None:
     rho = _as_number("trust_ratio", trust_ratio)
@@ -335,6 +374,20 @@ def _validate(
         "step_dtype must be a floating dtype (e.g. jnp.bfloat16) or None, "
         f"got step_dtype={step_dtype!r}."
       )
+  if total_steps is not None and not isinstance(total_steps, jax.core.Tracer):
+    # A Python int, or an integer array (optax.inject_hyperparams makes one).
+    integral = isinstance(total_steps, int) and not isinstance(total_steps, bool)
+    if isinstance(total_steps, jax.Array | np.ndarray):
+      integral = total_steps.ndim == 0 and jnp.issubdtype(
+        total_steps.dtype, jnp.integer
+      )
+    if not integral:
+      raise TypeError(
+        "total_steps must be an int (the run's length in updates) or None, got "
+        f"total_steps={total_steps!r}."
+      )
+    if int(total_steps) < 1:
+      raise ValueError(f"total_steps must be >= 1, got total_steps={total_steps!r}.")
   if axis_name is not None and not isinstance(axis_name, str | tuple):
     raise TypeError(
       f"axis_name must be a str, a tuple of str or None, got axis_name={axis_name!r}."
@@ -350,10 +403,9 @@ def gen(
   init_learning_rate: float = 1e-3,
   min_learning_rate: float = 1e-6,
   max_learning_rate: float = 1.0,
-  smoothing: float | None = 0.98,
-  relative_error: float = 0.1,
+  smoothing: float = 0.98,
   trust_ratio: float | None = 2.0,
-  warmup_growth: float | None = 1.2,
+  warmup_growth: float | None = 1.05,
   max_growth: float | None = 1.02,
   refresh_every: int = 1,
   multiplier: float | optax.Schedule = 1.0,
@@ -361,215 +413,91 @@ def gen(
   min_r2: float | None = 0.99,
   axis_name: str | tuple[str, ...] | None = None,
   step_dtype: Any = None,
+  total_steps: int | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Scales any optax optimizer by the generalized-Newton learning rate.
 
-  With :math:`g` the gradient and :math:`u` the update of ``inner`` (a descent
-  direction in optax's convention: parameters move by :math:`+\alpha u`), the
-  loss along :math:`u` has the quadratic model
-
-  .. math::
-    L(\theta + \alpha u) \approx L(\theta) + \alpha\, L'(\theta)[u]
-      + \tfrac12 \alpha^2\, u^\top H u,
-
-  minimised by the generalized Newton step
+  With :math:`u` the update of ``inner`` (parameters move by :math:`+\alpha
+  u`), the loss along :math:`u` has the quadratic model
+  :math:`L(\theta + \alpha u) \approx L(\theta) + \alpha L'(\theta)[u] +
+  \tfrac12 \alpha^2 u^\top H u`, minimised by the generalized Newton step
 
   .. math::
     \alpha^\star = -\frac{L'(\theta)[u]}{u^\top H u}.
 
-  **Where it measures.**  By default (``measure_along="previous_step"``)
-  GeN measures, on ``value_fn``, the loss along the step it took last,
-  :math:`d = \theta - \theta_-` (which scaled the previous update
-  :math:`u_-` by :math:`\alpha_-`), at the current point: slope
-  :math:`s = L'(\theta)[d]` and curvature :math:`c = L''(\theta)[d, d]`.  That
-  step was built from earlier batches, so ``value_fn`` may close over the
-  gradient's own batch without the batch noise biasing the slope: one batch
-  per step.  The quadratic model of the line has slope :math:`s - |c|` at its
-  start :math:`\theta_-`, and its best step from there is :math:`1 - s/|c|`
-  times :math:`d`, i.e. the rate
+  **Where it measures.**  By default GeN measures, on ``value_fn``, the loss
+  along the step it took last, at the current point: that step was built from
+  earlier batches, so ``value_fn`` may close over the gradient's own batch
+  (one batch per step).  The curvature is exact (``jax.jvp`` over
+  ``jax.grad``); other modes in docs/modes.md.  On a quadratic with SGD the
+  result is the Barzilai–Borwein step (the example below).
 
-  .. math::
-    \hat\alpha = \alpha_- \Big(1 - \frac{s}{|c|}\Big)
-      = -\frac{L'(\theta_-)[u_-]}{|u_-^\top H u_-|},
+  **The rule.**  α comes from running means of the measured slopes and
+  curvatures per unit length, starts at ``init_learning_rate`` and climbs a
+  geometric warm-up, then moves by at most ``trust_ratio`` per refresh and
+  grows by at most ``max_growth``.  It reacts when its steps hurt: it is cut
+  when the recent steps are longer than their best length beyond the noise
+  (``Status.OVERSHOOT``); a loss far above its running level cuts α and takes
+  the last step back (``Status.LOSS_SPIKE``); a step is never longer than
+  ``trust_ratio`` times the one α was measured for.  Nothing raises inside
+  ``jit``; ``state.info`` records every refresh.  The derivation, each
+  reaction and the screens behind the defaults: docs/method.md.
 
-  the generalized Newton step of the previous update, measured on the
-  current batch; on a quadratic with SGD it is the Barzilai–Borwein step.
-  ``measure_along="current_update"`` measures along :math:`u` itself at
-  :math:`\theta` (then :math:`\hat\alpha = \alpha^\star`); give ``value_fn``
-  an independent batch there.
+  **Units.**  :math:`\alpha^\star u` does not depend on the scale of
+  :math:`u`: build the inner optimizer with learning rate ``1.0``
+  (``gen(optax.adamw(1.0))``) and α *is* the learning rate.
 
-  **The rule.**  One measurement is noisy at small batch sizes, so
-  :math:`\alpha` comes from running means of the start slope
-  :math:`\sigma_i` and the curvature :math:`|\kappa_i|` per unit length of
-  the measured direction, and their ratio, the best distance, is turned into
-  a rate by the length :math:`\ell` of the direction per unit rate
-  (:math:`\|u_-\| = \|d\|/(m_-\alpha_-)`, or :math:`\|u\|`):
+  **Schedules.**  The step applied is :math:`m(t)\,\alpha\,u` with
+  :math:`m` the ``multiplier``, which α never absorbs.  ``total_steps`` gives
+  GeN the run's length: the step then decays to zero by the end of the run
+  (docs/method.md, "A horizon").  A schedule inside ``inner`` is cancelled by
+  α (gen warns).
 
-  .. math::
-    \bar\sigma \leftarrow (1-w)\,\bar\sigma + w\,\sigma_i, \qquad
-    \bar\kappa \leftarrow (1-w)\,\bar\kappa + w\,|\kappa_i|, \qquad
-    \hat\alpha = -\frac{\bar\sigma}{\bar\kappa\, \ell},
-
-  .. math::
-    \alpha \leftarrow \mathrm{clip}\Big(\min\big(
-      \mathrm{clip}(\hat\alpha, \alpha/\rho, \rho\alpha),\; b\big),
-      \alpha_{\min}, \alpha_{\max}\Big),
-
-    b = \begin{cases}
-      \alpha_0\, g^{\,n+1} & \text{during the warm-up}, \\
-      r\, \alpha & \text{afterwards},
-    \end{cases}
-
-  with weight :math:`w = \max(1-\gamma, 1/(k+1))` after :math:`k`
-  measurements (smoothing :math:`\gamma`; ``smoothing=None`` lets :math:`w`
-  follow the measured noise, see :mod:`gen_optax._src.rule`), trust ratio
-  :math:`\rho`, :math:`n` the number of accepted estimates so far,
-  :math:`\alpha_0` = ``init_learning_rate``, :math:`g` = ``warmup_growth`` and
-  :math:`r` = ``max_growth`` (neither :math:`\rho` nor :math:`r` bounds the
-  first accepted estimate).  The warm-up ends, once and for all, at the first
-  accepted estimate below its cap.  With :math:`\gamma = 0` and no bounds,
-  :math:`\alpha = \hat\alpha` of the last measurement.  A measurement is
-  discarded when the direction is zero (so the first step, with no previous
-  one, keeps ``init_learning_rate``), anything is non-finite or a probe fit
-  poor; :math:`\alpha` is kept then, and when :math:`\bar\sigma \ge 0`;
-  :class:`Status` records why.  The returned updates are
-  :math:`m(t)\,\alpha\, u`, with :math:`m` the ``multiplier``.
-
-  **Schedules go in** ``multiplier``.  :math:`\alpha` absorbs any scale of
-  :math:`u`, so a learning-rate schedule inside ``inner`` is cancelled (except
-  where it changes faster than α may follow); ``gen`` warns when the inner
-  state holds one.  ``multiplier=optax.cosine_decay_schedule(1.0, T)`` decays
-  the step itself.
-
-  **Why this rule** (each part measured on four problems of the selection half
-  of ``benchmarks/quality.py``, see ``docs/method.md``):
-
-  * *Along the previous step.*  With ``value_fn`` on the gradient's own batch
-    it cut GeN-AdamW's worst ratio to the best constant AdamW on the
-    selection half from 25x to 2.3x (median 2.8x to 0.99x).
-  * *Ratio of means.*  The measured slope and curvature are unbiased, their
-    ratio is not: a batch with little curvature gives a huge :math:`\hat\alpha`.
-    :math:`\bar\sigma / \bar\kappa` estimates the minimiser of the *expected*
-    quadratic model, and uphill measurements simply enter the mean.
-  * *Per unit length.*  The means do not depend on :math:`\|u\|`, so when a
-    momentum buffer's norm grows tenfold in its first steps, :math:`\alpha`
-    falls at once instead of diverging.
-  * :math:`|c|`: a concave direction is measured by the magnitude of its
-    curvature, as in saddle-free Newton (Dauphin et al., 2014), so
-    :math:`\bar\kappa` cannot cross zero on non-convex losses.
-  * *Warm-up.*  Early in training the greedy :math:`\alpha^\star` is larger than
-    what is best over many steps (a character transformer trained with it
-    stalls at 2.7 nats against 1.5 for tuned AdamW); the cap
-    :math:`\alpha_0 g^n` makes it a geometric warm-up from ``init_learning_rate``
-    that ends when an estimate falls below the cap (at the latest when the
-    cap passes ``max_learning_rate``, 38 refreshes from 1e-3 at :math:`g = 1.2`).
-  * *Slow growth afterwards.*  Near interpolation the greedy step keeps its
-    length while Adam's update shrinks, so :math:`\alpha^\star` climbs (on a
-    digits CNN from 0.02 to 0.4 in 200 steps, against a best constant rate of
-    0.01) until single batches make the loss spike.  After the warm-up
-    :math:`\alpha` may fall by :math:`\rho` per refresh but grow only by
-    :math:`r`.
-
-  **Units.** :math:`\alpha^\star u` does not depend on the scale of :math:`u`,
-  so the inner optimizer's own learning rate cancels out: build it with
-  learning rate ``1.0`` (``gen(optax.adamw(1.0))``) and :math:`\alpha` *is* the
-  learning rate.  ``init_learning_rate``, ``min_learning_rate`` and
-  ``max_learning_rate`` are in units of the inner update.
-
-  **Modes.** How the quadratic model along the line is obtained (each one
-  a function of :func:`measure_line`):
-
-  * ``"forward-over-reverse"`` (default): exact, ``jax.jvp`` over ``jax.grad``
-    (a Hessian-vector product); differentiates ``jax.custom_vjp`` too.
-  * ``"forward-over-forward"``: exact, ``jax.jvp`` of ``jax.jvp``; cheaper and
-    stores no backward activations, but needs forward-mode rules everywhere.
-  * ``"probes"``: forward-only, the paper's fit of losses at
-    :math:`\theta + s_i h d` for ``probe_multipliers`` :math:`s_i`, with
-    :math:`d` the previous step and :math:`h = 1` (along the current update:
-    :math:`d = u`, :math:`h = \alpha`); more than three points activate the
-    :math:`R^2 \geq` ``min_r2`` gate.
-  * ``"one-probe"``: the exact slope and one probe at :math:`+h`,
-    :math:`c = 2(L(\theta+hu) - L(\theta) - h\,L'(\theta)[u])/h^2`.
-
-  **One pass.**  Along the previous step the direction is known before the
-  gradient, on the same batch and at the same point, so the measurement can
-  be computed *with* the gradient: :func:`value_and_grad` returns the loss,
-  the gradient and the :class:`LineMeasurement` of one traced computation
-  (one ``jax.jvp`` of ``jax.value_and_grad`` for the default mode), and
-  ``tx.update(grads, state, params, line=line)`` uses it instead of
-  evaluating ``value_fn``.
-
-  **Where the slope comes from.** ``slope_from="value_fn"`` (default) takes
-  the slope from ``value_fn``, the same function whose curvature is measured;
-  ``slope_from="gradient"`` uses :math:`\langle g, d\rangle` of the incoming
-  gradient.  On the gradient's own batch the two are equal.  Along the
-  current update, the gradient batch's :math:`\langle g_B, u\rangle` contains
-  the batch noise squared (for SGD :math:`|G|^2 + |\text{noise}|^2`): that is
-  why the default measures along the previous step.
-
-  **Put gen last.**  The measurement along the previous step assumes that the
-  update gen returned is the step applied; a transformation chained after gen
-  (clipping, scaling) breaks that silently.  Chain such transformations
-  *inside*: ``gen(optax.chain(optax.clip_by_global_norm(1.0),
-  optax.adamw(1.0)))``.
-
-  The inner optimizer is updated exactly once per call; every extra argument
-  (``value_fn`` included) is forwarded to it.
+  **Put gen last.**  The step gen returns must be the step applied: chain
+  other transformations *inside*, e.g.
+  ``gen(optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(1.0)))``.
 
   Args:
-    inner: the optimizer whose update :math:`u` is scaled, e.g.
-      ``optax.adamw(1.0, weight_decay=1e-2)``.
-    mode: ``"forward-over-reverse"``, ``"forward-over-forward"``, ``"probes"``
-      or ``"one-probe"``, see above.
+    inner: the optimizer whose update is scaled, e.g. ``optax.adamw(1.0)``.
+    mode: how the loss along the line is measured:
+      ``"forward-over-reverse"`` (exact), ``"forward-over-forward"`` (exact,
+      cheaper, needs forward-mode rules), ``"probes"`` or ``"one-probe"``
+      (forward passes only); see docs/modes.md.
     measure_along: ``"previous_step"`` (one batch suffices) or
-      ``"current_update"`` (needs an independent batch), see above.
-    slope_from: ``"value_fn"`` or ``"gradient"``, see above.
-    init_learning_rate: α until the first accepted estimate, and the start of
-      the warm-up cap.
+      ``"current_update"`` (give ``value_fn`` an independent batch).
+    slope_from: ``"value_fn"`` or ``"gradient"``: which slope the model takes.
+    init_learning_rate: α until the first estimate, and the warm-up's start.
     min_learning_rate: lower clamp of α, > 0.
     max_learning_rate: upper clamp of α.
     smoothing: :math:`\gamma \in [0, 1)`, weight of the past in the running
-      means of slope and curvature; ``None``: the weight follows the measured
-      noise (exact on noiseless losses; see docs/method.md for where it loses).
-    relative_error: :math:`\epsilon > 0`, the relative standard error of the
-      mean slope that ``smoothing=None`` averages for.
-    trust_ratio: :math:`\rho \geq 1`, bounds the change of α per refresh to a
-      factor of :math:`\rho`; ``None`` disables it.
+      means (1 / (1 − γ) refreshes of memory).
+    trust_ratio: :math:`\rho \geq 1`, the most α moves per refresh and the
+      size of every reaction; ``None``: the bare greedy step, no reactions.
     warmup_growth: :math:`g > 1`, growth per refresh of the warm-up cap
-      :math:`\alpha_0 g^n`; ``None`` disables the warm-up.  Keep it below
-      ``trust_ratio``, which would otherwise end the warm-up at once.
+      :math:`\alpha_0 g^n`; ``None`` disables the warm-up.
     max_growth: :math:`r \geq 1`, the most α may grow per refresh after the
       warm-up; ``None`` leaves only ``trust_ratio`` to bound it.
     refresh_every: recompute α every this many steps; steps in between reuse
       it and do no curvature work (``jax.lax.cond``).
-    multiplier: :math:`m(t) > 0` multiplying the step: a number, or an optax
-      schedule of the step count, e.g. ``optax.cosine_decay_schedule(1.0, T)``
-      for a horizon-aware decay; a number may be injected with
-      ``optax.inject_hyperparams``.
-    probe_multipliers: the :math:`s_i` of ``mode="probes"``.
+    multiplier: :math:`m(t) > 0`, a number or an optax schedule of the step
+      count; a number may be injected with ``optax.inject_hyperparams``.
+    probe_multipliers: the probe points :math:`s_i` of ``mode="probes"``.
     min_r2: the least :math:`R^2` a probe fit of more than three points must
-      reach to be accepted (gen-optim uses 0.99); ``None`` disables the gate.
-    axis_name: for per-device code (``shard_map``, ``pmap``): the mapped axis
-      name(s) over which slope, curvature and loss are averaged, so replicas
-      choose the same α.  Not needed under ``jax.jit`` with sharded arrays.
+      reach; ``None`` disables the gate.
+    axis_name: under ``shard_map``/``pmap``, the mapped axis name(s) over
+      which measurements are averaged (not needed under ``jax.jit``).
     step_dtype: dtype of the stored previous step (one params-sized buffer);
-      ``None`` keeps the params' dtypes, ``jnp.bfloat16`` halves its memory.
+      ``None`` keeps the params' dtypes.
+    total_steps: the run's length in updates, or ``None`` (no horizon).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose ``update`` takes
     ``(grads, state, params, *, value_fn=None, line=None, refresh=None,
-    **extra_args)``: either ``value_fn(params) -> scalar loss``, which gen
-    measures along the line, or ``line``, the :class:`LineMeasurement` that
-    :func:`value_and_grad` made with the gradient (``measure_along=
-    "previous_step"`` only); neither is needed on a step that cannot refresh
-    (``refresh=False``).  ``refresh`` is an optional static Python bool that
-    overrides ``refresh_every`` for this call.  Other extra arguments go to
+    **extra_args)``: ``value_fn(params) -> scalar loss``, or ``line`` from
+    :func:`value_and_grad`; neither is needed with ``refresh=False``, a
+    static bool that overrides ``refresh_every`` for the call (two compiled
+    steps instead of a ``lax.cond``).  Other extra arguments go to
     ``inner``.  Its state is a :class:`GeNState`.
-
-    ``refresh`` exists for XLA:CPU, where a convolution's backward pass inside
-    ``jax.lax.cond`` runs up to 8x slower (jax-ml/jax#12868): compile the train
-    step twice with ``refresh`` static (``refresh=step % k == 0``) and neither
-    variant contains a ``cond``.
 
   Raises:
     ValueError: for out-of-range or unknown settings, naming the argument.
@@ -609,7 +537,6 @@ def gen(
     min_learning_rate=min_learning_rate,
     max_learning_rate=max_learning_rate,
     smoothing=smoothing,
-    relative_error=relative_error,
     trust_ratio=trust_ratio,
     warmup_growth=warmup_growth,
     max_growth=max_growth,
@@ -619,18 +546,17 @@ def gen(
     min_r2=min_r2,
     axis_name=axis_name,
     step_dtype=step_dtype,
+    total_steps=total_steps,
   )
   inner_takes_extra_args = isinstance(inner, optax.GradientTransformationExtraArgs)
   inner = optax.with_extra_args_support(inner)
   gate_fit = mode == "probes" and min_r2 is not None and len(probe_multipliers) > 3
   lookback = measure_along == "previous_step"
-  track_noise = smoothing is None or not lookback
   settings = rule_lib.RuleSettings(
     init_learning_rate=init_learning_rate,
     min_learning_rate=min_learning_rate,
     max_learning_rate=max_learning_rate,
     smoothing=smoothing,
-    relative_error=relative_error,
     trust_ratio=trust_ratio,
     warmup_growth=warmup_growth,
     max_growth=max_growth,
@@ -660,8 +586,7 @@ def gen(
       previous_step=(
         optax.tree.zeros_like(params, step_dtype) if lookback else optax.EmptyState()
       ),
-      previous_slope=jnp.zeros((), dtype),
-      previous_multiplier=jnp.ones((), dtype),
+      previous_rate=jnp.ones((), dtype),
       inner_state=inner_state,
       info=GeNInfo(
         raw_learning_rate=nan(),
@@ -672,7 +597,6 @@ def gen(
         weight=nan(),
         status=jnp.asarray(Status.INITIAL, jnp.int32),
         num_refreshes=zero(),
-        num_accepted=zero(),
       ),
     )
 
@@ -682,17 +606,14 @@ def gen(
     line: LineMeasurement | None,
     params: optax.Params,
     grads: optax.Updates,
-    update: optax.Updates,
+    update: optax.Updates | None,
   ) -> tuple[rule_lib.RuleState, GeNInfo]:
     """Measures the loss along a line and enters it into the rule.
 
-    ``"previous_step"``: the line of the last step d = θ − θ₋ (built from
-    earlier batches, so free of this batch's noise), measured at its end θ;
-    its slope at the start θ₋ is s − |c| (the quadratic model), and the step
-    was m₋α₋u₋, so u₋ has length ‖d‖/(m₋α₋): the multiplier scales the step,
-    never α.  ``"current_update"``: the line of
-    this update u from θ (length ‖u‖).  ``line``, when given, is the
-    measurement along the previous step, made with the gradient.
+    ``"previous_step"``: the line of the last step d (built from earlier
+    batches, so free of this batch's noise), measured at its end θ;
+    ``"current_update"``: the line of this update u from θ.  ``line``, when
+    given, is the measurement along the previous step, made with the gradient.
     """
     alpha, info = state.learning_rate, state.info
     dtype = alpha.dtype
@@ -701,7 +622,6 @@ def gen(
       # Under shard_map the data vary across devices while params and the
       # direction are replicated; jvp of grad then mixes the two.
       params, direction = _varying((params, direction), axis_name)
-    gradient_slope = line_lib.tree_vdot(grads, direction, dtype)
     if line is None:
       assert value_fn is not None  # checked by update_fn
       line = line_lib.measure_line(
@@ -713,50 +633,30 @@ def gen(
         probe_multipliers=probe_multipliers,
         gradient=grads if slope_from == "gradient" else None,
       )
-    loss, slope_fn, curvature, fit_r2 = (jnp.asarray(x, dtype) for x in line)
-    slope = gradient_slope if slope_from == "gradient" else slope_fn
+    loss, slope, curvature, fit_r2 = (jnp.asarray(x, dtype) for x in line)
+    if slope_from == "gradient":
+      slope = line_lib.tree_vdot(grads, direction, dtype)
     if axis_name is not None:
-      loss, slope_fn, slope, curvature = jax.lax.pmean(
-        (loss, slope_fn, slope, curvature), axis_name
-      )
+      loss, slope, curvature = jax.lax.pmean((loss, slope, curvature), axis_name)
     norm = jnp.sqrt(line_lib.tree_vdot(direction, direction, dtype))
-    safe_norm = jnp.where(norm > 0, norm, 1)
-    if lookback:
-      start_slope = (slope - jnp.abs(curvature)) / safe_norm
-      # The same line's slope at its start, from the batch that built it.
-      disagreement = start_slope - state.previous_slope / safe_norm
-      if not track_noise:
-        disagreement = jnp.zeros_like(disagreement)
-      length = norm / (alpha * state.previous_multiplier)
-    else:
-      start_slope = slope / safe_norm
-      disagreement = (slope_fn - gradient_slope) / safe_norm
-      length = norm
-    poor_fit = jnp.asarray(False)
-    if gate_fit and min_r2 is not None:
-      poor_fit = ~(fit_r2 >= min_r2)  # NaN R² fails too
-    discard = jnp.select(
-      [
-        norm == 0,
-        ~(jnp.isfinite(loss) & jnp.isfinite(slope) & jnp.isfinite(curvature)),
-        poor_fit,
-      ],
-      [Status.ZERO_DIRECTION, Status.NON_FINITE, Status.POOR_FIT],
-      Status.ACCEPTED,
-    ).astype(jnp.int32)
-    measured = rule_lib.Measurement(
-      slope=start_slope,
-      curvature=curvature / safe_norm**2,
-      disagreement=disagreement,
-      length=length,
-      discard=discard,
+    measured = to_measurement(
+      loss,
+      slope,
+      curvature,
+      norm,
+      # Along the previous step d = r₋u₋ (r₋ = m₋α₋): u₋ has length ‖d‖/r₋.
+      rate=state.previous_rate if lookback else jnp.ones((), dtype),
+      lookback=lookback,
+      poor_fit=(
+        ~(fit_r2 >= min_r2)  # NaN R² fails too
+        if gate_fit and min_r2 is not None
+        else jnp.asarray(False)
+      ),
     )
-    rule, status, weight = rule_lib.refresh(
-      state.rule, info.num_accepted, measured, settings
-    )
-    accepted = status == Status.ACCEPTED
+    rule, status, weight = rule_lib.refresh(state.rule, measured, settings)
     new_info = GeNInfo(
-      raw_learning_rate=-measured.slope / (jnp.abs(measured.curvature) * length),
+      raw_learning_rate=-measured.slope
+      / (jnp.abs(measured.curvature) * measured.length),
       slope=slope,
       curvature=curvature,
       loss=loss,
@@ -764,7 +664,6 @@ def gen(
       weight=weight,
       status=status,
       num_refreshes=optax.safe_increment(info.num_refreshes),
-      num_accepted=info.num_accepted + accepted.astype(jnp.int32),
     )
     return rule, new_info
 
@@ -824,44 +723,76 @@ def gen(
     grads = updates
     if value_fn is not None:
       extra_args["value_fn"] = value_fn  # inner line searches take it too
+
     update, inner_state = inner.update(grads, state.inner_state, params, **extra_args)
+    clips = lookback and settings.trust_ratio is not None
 
-    def do_refresh() -> tuple[rule_lib.RuleState, GeNInfo]:
-      return refresh_rule(state, value_fn, line, params, grads, update)
+    def do_refresh() -> tuple[Any, GeNInfo, jax.Array, jax.Array]:
+      rule, info = refresh_rule(state, value_fn, line, params, grads, update)
+      scale = jnp.ones((), rule.learning_rate.dtype)
+      if clips:
+        # A burst: an update far longer than the one α was measured for (a
+        # rare large gradient in Adam's moments) would step far beyond the
+        # measured line.  Its step is bounded by ρ times the measured one.
+        dtype = scale.dtype
+        norm = jnp.sqrt(line_lib.tree_vdot(update, update, dtype))
+        previous = rule.last_length
+        limit = jnp.asarray(settings.trust_ratio, dtype) * previous
+        scale = jnp.where((previous > 0) & (norm > limit), limit / norm, 1)
+      return rule, info, jnp.asarray(True), scale
 
-    def keep() -> tuple[rule_lib.RuleState, GeNInfo]:
-      return state.rule, state.info
+    def keep() -> tuple[Any, GeNInfo, jax.Array, jax.Array]:
+      one = jnp.ones((), state.rule.learning_rate.dtype)
+      return state.rule, state.info, jnp.asarray(False), one
 
     if refresh is not None:
-      rule, info = do_refresh() if refresh else keep()
+      rule, info, did_refresh, scale = do_refresh() if refresh else keep()
     elif refresh_every == 1:
-      rule, info = do_refresh()
+      rule, info, did_refresh, scale = do_refresh()
     else:
       # Only the taken branch runs: steps between refreshes pay no curvature.
-      rule, info = jax.lax.cond(state.count % refresh_every == 0, do_refresh, keep)
-    step_size = rule.learning_rate
+      rule, info, did_refresh, scale = jax.lax.cond(
+        state.count % refresh_every == 0, do_refresh, keep
+      )
     factor = multiplier(state.count) if callable(multiplier) else multiplier
-    factor = jnp.asarray(factor, step_size.dtype)
-    step_size = step_size * factor
+    factor = jnp.asarray(factor, rule.learning_rate.dtype) * scale
+    rate = rule.learning_rate
+    if total_steps is not None:
+      # A horizon: the peak α found so far, decayed by a cosine to zero at
+      # total_steps.  Not α itself: shorter steps let the sharpness grow,
+      # which lowers the measured α, and a decayed α would decay again.
+      done = jnp.minimum(state.count, total_steps).astype(rate.dtype)
+      shape = 0.5 * (1 + jnp.cos(jnp.pi * done / total_steps))
+      rate, factor = rule.peak_rate, factor * shape
+    step_size = rate * factor
     new_updates = jax.tree.map(lambda u: (step_size * u).astype(u.dtype), update)
-    previous_step, previous_slope = state.previous_step, state.previous_slope
+    previous_step = state.previous_step
     if lookback:
       # The next refresh measures along this step; lookback assumes that it
       # is the step applied (gen last in a chain).
-      # ⟨g, d⟩ only: the next refresh divides by ‖d‖, which it computes anyway.
       previous_step = optax.tree.cast(new_updates, step_dtype)
-    if lookback and track_noise:
-      # A reduction over the params every step (measured 18% of an Adam step
-      # on a 2-core CPU): only the noise-following weight needs it.
-      previous_slope = line_lib.tree_vdot(grads, previous_step, step_size.dtype)
-      if axis_name is not None:
-        previous_slope = jax.lax.pmean(previous_slope, axis_name)
+    if refresh is not False and settings.trust_ratio is not None:
+      # A loss spike: the batch's gradient does not enter the inner state, and
+      # the step that led here is taken back (along the current update there
+      # is none to take back: the step is zero).  The next refresh then has
+      # no direction to measure and keeps the cut α.
+      spiked = did_refresh & (info.status == Status.LOSS_SPIKE)
+      inner_state = _where(spiked, state.inner_state, inner_state)
+      if lookback:
+        back = jax.tree.map(
+          lambda d, u: (-d).astype(u.dtype), state.previous_step, new_updates
+        )
+        new_updates = _where(spiked, back, new_updates)
+        previous_step = _where(
+          spiked, optax.tree.zeros_like(previous_step), previous_step
+        )
+      else:
+        new_updates = _where(spiked, optax.tree.zeros_like(new_updates), new_updates)
     new_state = GeNState(
       count=optax.safe_increment(state.count),
       rule=rule,
       previous_step=previous_step,
-      previous_slope=previous_slope,
-      previous_multiplier=factor if lookback else state.previous_multiplier,
+      previous_rate=step_size if lookback else state.previous_rate,
       inner_state=inner_state,
       info=info,
     )

@@ -2,45 +2,11 @@ r"""GeN's learning-rate rule: from measured slopes and curvatures to α.
 
 Pure functions of scalars (no parameters, no ``value_fn``), so that the rule
 can be tested from tables of numbers.  :func:`gen` measures, along a line
-through parameter space, the slope at the line's start and the curvature,
-each per unit length; this module averages them, turns their ratio into a
-learning rate and bounds it.
-
-With :math:`\sigma_i` the unit slope and :math:`\kappa_i = |c_i|` the unit
-curvature of measurement :math:`i`, the running means are
-
-.. math::
-  \bar\sigma \leftarrow (1-w)\,\bar\sigma + w\,\sigma_i, \qquad
-  \bar\kappa \leftarrow (1-w)\,\bar\kappa + w\,\kappa_i,
-
-and :math:`D = -\bar\sigma / \bar\kappa` is the length of the best step along
-a line, so :math:`\hat\alpha = D / \ell` for a direction of length
-:math:`\ell` per unit learning rate.
-
-**The weight follows the noise.**  Each measurement also brings the slope of
-the same line from the gradient's own batch; the two disagree by the batch
-noise (and by the gradient batch's bias).  With :math:`\bar\nu` the running
-mean of the squared disagreement, the mean slope is known to a relative
-standard error :math:`\epsilon` after
-
-.. math::
-  n = 1 + \frac{\bar\nu}{2\,\epsilon^2\,\bar\sigma^2}
-
-measurements, and the weight is :math:`w = 1/\min(n, k + 1, n_{\max})` after
-:math:`k` measurements.  A deterministic loss has :math:`\bar\nu = 0`, so
-:math:`w = 1` and the rule is the exact greedy step; small noisy batches
-average over many steps.  A fixed ``smoothing`` :math:`\gamma` instead gives
-:math:`w = \max(1-\gamma, 1/(k+1))`.
-
-**Bounds.**  While warming up, α may not pass
-:math:`\alpha_0 g^{n+1}` after :math:`n` accepted estimates; the warm-up
-ends (for good: ``warming_up`` in the state) at the first accepted estimate
-below that cap.  Afterwards α falls by at most the trust ratio :math:`\rho`
-per refresh and grows by at most :math:`\rho^{w}` — a factor :math:`\rho`
-per averaging window — or by a fixed ``max_growth``.
-
-Reference: Bu & Xu, *Gradient descent with generalized Newton's method*,
-ICLR 2025, https://arxiv.org/abs/2407.02772
+through parameter space, the loss, the slope at the line's start and the
+curvature, each per unit length; this module averages them, turns their
+ratio into a best distance along the line, bounds it, and divides it by the
+length of the direction per unit rate to give α.  The derivation and the
+screens behind each part are in docs/method.md.
 """
 
 import enum
@@ -49,26 +15,47 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-# The longest averaging window, in measurements: measurements older than a
-# few hundred steps describe another part of the loss landscape.
-MAX_WINDOW = 100.0
+# Refreshes of recent evidence: the window of the fast means, which decide
+# whether the recent steps overshoot (a few refreshes, short against the slow
+# means' 1 / (1 - smoothing) = 50).
+FAST_WINDOW = 10.0
+# One-sided z of the upper confidence bound on the fast estimate: α is cut
+# only when the recent steps are longer than their best length with ~98%
+# confidence, never on batch noise alone.
+CONFIDENCE = 2.0
+# Refreshes of the loss level (the memory of a non-monotone line search,
+# Grippo et al. 1986, M = 10) and the z above it that makes a loss a spike.
+LOSS_WINDOW = 10.0
+LOSS_SPIKE = 4.0
+# Measurements before the fast estimate's spread is trusted at all.
+MIN_EVIDENCE = 4
 
 
 class Status(enum.IntEnum):
   """Outcome of the last learning-rate refresh, stored in ``GeNInfo.status``.
 
-  Every outcome but ``ACCEPTED`` keeps the previous learning rate.  The first
-  three and ``POOR_FIT`` discard the measurement; ``NOT_DESCENT`` and
-  ``NON_POSITIVE_CURVATURE`` describe the running means, which include it.
+  ``ACCEPTED`` and ``OVERSHOOT`` set α from the measurements; ``LOSS_SPIKE``
+  cuts it; every other outcome keeps it.  The first three and ``POOR_FIT``
+  discard the measurement; ``NOT_DESCENT`` and ``NON_POSITIVE_CURVATURE``
+  describe the running means, which include it.
   """
 
-  ACCEPTED = 0  #: the means' ratio updated the learning rate.
+  ACCEPTED = 0  #: the running means set α.
   INITIAL = 1  #: no refresh has happened yet.
   ZERO_DIRECTION = 2  #: the measured direction is exactly zero (or not yet there).
   NON_FINITE = 3  #: loss, slope or curvature is NaN or infinite.
   NOT_DESCENT = 4  #: mean slope ≥ 0: on average the line does not go downhill.
   NON_POSITIVE_CURVATURE = 5  #: mean curvature is zero: no minimum along the line.
   POOR_FIT = 6  #: probe fit's R² below ``min_r2`` (more than three points).
+  #: the recent steps were longer than their best length, beyond the noise:
+  #: α was cut to the upper confidence bound of the recent estimate.
+  OVERSHOOT = 7
+  #: the loss jumped far above its running level: α was cut by the trust
+  #: ratio, and the step that led there was taken back.
+  LOSS_SPIKE = 8
+
+  def __str__(self) -> str:
+    return self.name
 
 
 class RuleSettings(NamedTuple):
@@ -77,11 +64,10 @@ class RuleSettings(NamedTuple):
   init_learning_rate: float
   min_learning_rate: float
   max_learning_rate: float
-  smoothing: float | None  # None: the weight follows the noise
-  relative_error: float  # ε, target relative error of the mean slope
+  smoothing: float  # γ, weight of the past in the slow means
   trust_ratio: float | None
   warmup_growth: float | None
-  max_growth: float | None  # None: ρ per averaging window
+  max_growth: float | None  # None: only the trust ratio bounds growth
 
 
 class Measurement(NamedTuple):
@@ -89,7 +75,7 @@ class Measurement(NamedTuple):
 
   slope: jax.Array  # L'(start)[d̂], slope at the line's start along the unit direction
   curvature: jax.Array  # L''[d̂, d̂], may be negative
-  disagreement: jax.Array  # slope minus the gradient batch's slope of the same line
+  loss: jax.Array  # L at the point where the line was measured
   length: jax.Array  # ‖direction‖ per unit learning rate: α̂ = distance / length
   discard: jax.Array  # int32 Status: ACCEPTED, or why the measurement is unusable
 
@@ -98,122 +84,245 @@ class RuleState(NamedTuple):
   """What the rule remembers between refreshes."""
 
   learning_rate: jax.Array  #: scalar float, α
-  mean_slope: jax.Array  #: scalar float, running mean of unit slopes
-  mean_curvature: jax.Array  #: scalar float, running mean of abs(unit curvature)
-  #: scalar float, running mean of squared disagreements (along the previous
-  #: step, measured only with ``smoothing=None``; else 0)
-  mean_noise: jax.Array
+  #: scalar float, the slow means' bounded estimate of α, which α follows
+  #: unless the recent steps overshoot
+  slow_rate: jax.Array
+  #: scalar float, the largest α since the last cut (the peak a horizon decays)
+  peak_rate: jax.Array
+  mean_slope: jax.Array  #: scalar float, slow running mean of unit slopes
+  mean_curvature: jax.Array  #: scalar float, slow running mean of abs(unit curvature)
+  fast_slope: jax.Array  #: scalar float, fast running mean of unit slopes
+  fast_curvature: jax.Array  #: scalar float, fast running mean of abs(unit curvature)
+  slope_variance: jax.Array  #: scalar float, running variance of unit slopes
+  curvature_variance: jax.Array  #: scalar float, running variance of abs(curvature)
+  covariance: jax.Array  #: scalar float, their running covariance
+  loss_level: jax.Array  #: scalar float, running mean of the measured losses
+  loss_variance: jax.Array  #: scalar float, running variance of the measured losses
+  #: scalar float, length per unit rate of the last measured direction
+  last_length: jax.Array
+  num_losses: jax.Array  #: scalar int32, losses in the loss level
   num_measured: jax.Array  #: scalar int32, measurements in the means
+  num_accepted: jax.Array  #: scalar int32, refreshes that set α from the means
   warming_up: jax.Array  #: scalar bool, whether α still climbs the warm-up cap
 
 
 def init(init_learning_rate: float, dtype: jnp.dtype, warmup: bool) -> RuleState:
   """The rule before any measurement: α = ``init_learning_rate``."""
   # A fresh buffer per field: a state with shared buffers cannot be donated.
+  zero = lambda: jnp.zeros((), dtype)  # noqa: E731
+  count = lambda: jnp.zeros((), jnp.int32)  # noqa: E731
   return RuleState(
     learning_rate=jnp.asarray(init_learning_rate, dtype),
-    mean_slope=jnp.zeros((), dtype),
-    mean_curvature=jnp.zeros((), dtype),
-    mean_noise=jnp.zeros((), dtype),
-    num_measured=jnp.zeros((), jnp.int32),
+    slow_rate=jnp.asarray(init_learning_rate, dtype),
+    peak_rate=jnp.asarray(init_learning_rate, dtype),
+    mean_slope=zero(),
+    mean_curvature=zero(),
+    fast_slope=zero(),
+    fast_curvature=zero(),
+    slope_variance=zero(),
+    curvature_variance=zero(),
+    covariance=zero(),
+    loss_level=zero(),
+    loss_variance=zero(),
+    last_length=zero(),
+    num_losses=count(),
+    num_measured=count(),
+    num_accepted=count(),
     warming_up=jnp.asarray(warmup),
   )
 
 
-def averaging_weight(state: RuleState, settings: RuleSettings) -> jax.Array:
-  """The weight w of the next measurement in the running means.
+def _weight(count: jax.Array, window: jax.Array) -> jax.Array:
+  """1/(k+1) for the first measurements (plain averages), then 1/window."""
+  return 1 / jnp.minimum(count.astype(window.dtype) + 1, window)
 
-  Fixed smoothing γ: w = max(1 − γ, 1/(k+1)).  Otherwise w = 1/n with
-  n = 1 + ν̄ / (2ε²σ̄²) measurements for a relative error ε of the mean slope,
-  at most k + 1 and ``MAX_WINDOW``.  The first measurement has weight 1.
+
+def _ema(mean: jax.Array, value: jax.Array, weight: jax.Array, use: jax.Array):
+  """The running mean with ``value`` entered at ``weight`` where ``use``."""
+  value = jnp.where(use, value, 0)  # a discarded value may be NaN
+  return jnp.where(use, mean + weight * (value - mean), mean)
+
+
+def _moment(moment, deviation_a, deviation_b, weight, use):
+  """A running central moment: (1 − w)(m + w δa δb), the EMA of products."""
+  product = jnp.where(use, deviation_a * deviation_b, 0)
+  return jnp.where(use, (1 - weight) * (moment + weight * product), moment)
+
+
+def loss_spike(state: RuleState, loss: jax.Array) -> jax.Array:
+  """Whether ``loss`` is a spike: above the running level by ``LOSS_SPIKE`` spreads.
+
+  Needs two earlier losses; a spread of exactly zero (a constant loss) still
+  lets a loss count as a spike only above the level by 1e-3 of it.
   """
-  dtype = state.mean_slope.dtype
-  seen = state.num_measured.astype(dtype) + 1
-  if settings.smoothing is not None:
-    return jnp.maximum(1 - jnp.asarray(settings.smoothing, dtype), 1 / seen)
-  signal = 2 * jnp.asarray(settings.relative_error, dtype) ** 2 * state.mean_slope**2
-  window = 1 + state.mean_noise / jnp.where(signal > 0, signal, 1)
-  window = jnp.where(signal > 0, window, MAX_WINDOW)
-  return 1 / jnp.clip(window, 1, jnp.minimum(seen, MAX_WINDOW))
+  spread = jnp.sqrt(jnp.maximum(state.loss_variance, 0))
+  threshold = state.loss_level + LOSS_SPIKE * spread + 1e-3 * jnp.abs(state.loss_level)
+  return (state.num_losses >= 2) & (loss > threshold)
 
 
-def bounds(
-  state: RuleState, num_accepted: jax.Array, weight: jax.Array, settings: RuleSettings
-) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """(lower, upper, warm-up cap) of the next α, before the clamp.
+def upper_confidence_distance(state: RuleState) -> jax.Array:
+  r"""The fast means' best distance plus ``CONFIDENCE`` standard errors.
 
-  The first accepted estimate is bound by the warm-up cap alone
-  (``init_learning_rate`` is a guess, not a measurement).
+  :math:`D_f = -\bar\sigma_f / \bar\kappa_f`; by the delta method its variance
+  is :math:`w_f (V_\sigma + D_f^2 V_\kappa + 2 D_f C) / \bar\kappa_f^2`, with
+  the running (co)variances of single measurements and :math:`w_f` the fast
+  weight (the variance of an exponential mean of weight w is at most w times
+  that of one value).  Infinite while the fast curvature is not positive.
   """
-  alpha = state.learning_rate
-  dtype = alpha.dtype
-  inf = jnp.asarray(jnp.inf, dtype)
-  first = num_accepted == 0
-  lower, upper = -inf, inf
-  growth = inf
-  if settings.trust_ratio is not None:
-    rho = jnp.asarray(settings.trust_ratio, dtype)
-    lower, upper = alpha / rho, alpha * rho
-    growth = rho**weight
-  if settings.max_growth is not None:
-    growth = jnp.asarray(settings.max_growth, dtype)
-  cap = inf
-  if settings.warmup_growth is not None:
-    g = jnp.asarray(settings.warmup_growth, dtype)
-    cap = settings.init_learning_rate * g ** (num_accepted.astype(dtype) + 1)
-  upper = jnp.minimum(upper, jnp.where(state.warming_up, cap, alpha * growth))
-  lower = jnp.where(first, -inf, lower)
-  upper = jnp.where(first, cap, upper)
-  return lower, upper, cap
+  dtype = state.fast_slope.dtype
+  curvature = state.fast_curvature
+  safe = jnp.where(curvature > 0, curvature, 1)
+  distance = -state.fast_slope / safe
+  weight = _weight(state.num_measured - 1, jnp.asarray(FAST_WINDOW, dtype))
+  variance = weight * (
+    state.slope_variance
+    + distance**2 * state.curvature_variance
+    + 2 * distance * state.covariance
+  )
+  error = jnp.sqrt(jnp.maximum(variance, 0)) / safe
+  bound = distance + jnp.asarray(CONFIDENCE, dtype) * error
+  return jnp.where(curvature > 0, bound, jnp.inf)
 
 
 def refresh(
-  state: RuleState,
-  num_accepted: jax.Array,
-  measured: Measurement,
-  settings: RuleSettings,
+  state: RuleState, measured: Measurement, settings: RuleSettings
 ) -> tuple[RuleState, jax.Array, jax.Array]:
-  """Enters one measurement; returns (new state, Status, weight used).
-
-  ``num_accepted`` counts the earlier estimates that set α (the warm-up cap's
-  exponent).
-  """
+  """Enters one measurement; returns (new state, Status, weight used)."""
   dtype = state.learning_rate.dtype
-  usable = measured.discard == Status.ACCEPTED
-  weight = averaging_weight(state, settings)
+  inf = jnp.asarray(jnp.inf, dtype)
+  alpha, length = state.learning_rate, measured.length
+  safe_length = jnp.where(length > 0, length, 1)
 
-  def mean(old: jax.Array, new: jax.Array) -> jax.Array:
-    # A discarded measurement (maybe NaN) leaves the mean as it is.
-    new = jnp.where(usable, new, 0)
-    return jnp.where(usable, (1 - weight) * old + weight * new, old)
-
-  mean_slope = mean(state.mean_slope, measured.slope)
-  # |c|: a concave line is measured by its magnitude, as saddle-free Newton does.
-  mean_curvature = mean(state.mean_curvature, jnp.abs(measured.curvature))
-  mean_noise = mean(state.mean_noise, measured.disagreement**2)
-  status = jnp.select(
-    [~usable, mean_slope >= 0, mean_curvature <= 0],
-    [measured.discard, Status.NOT_DESCENT, Status.NON_POSITIVE_CURVATURE],
-    Status.ACCEPTED,
-  ).astype(jnp.int32)
-  accepted = status == Status.ACCEPTED
-  distance = -mean_slope / jnp.where(accepted, mean_curvature, 1)
-  estimate = distance / jnp.where(accepted, measured.length, 1)
-  lower, upper, cap = bounds(state, num_accepted, weight, settings)
-  # The warm-up ends at the first accepted estimate below its cap, or when the
-  # cap passes the largest learning rate.
-  warming_up = state.warming_up & ~(
-    accepted & ((estimate < cap) | (cap >= settings.max_learning_rate))
+  # The loss watch sees every finite loss, usable measurement or not.  The
+  # reactions (spike, overshoot) move α by the trust ratio: without one, the
+  # rule is the bare greedy step.
+  reacts = settings.trust_ratio is not None
+  rho = jnp.asarray(settings.trust_ratio if reacts else 1.0, dtype)
+  spike = loss_spike(state, measured.loss) & reacts
+  finite_loss = jnp.isfinite(measured.loss)
+  loss_weight = _weight(state.num_losses, jnp.asarray(LOSS_WINDOW, dtype))
+  loss_deviation = jnp.where(finite_loss, measured.loss - state.loss_level, 0)
+  loss_level = _ema(state.loss_level, measured.loss, loss_weight, finite_loss)
+  loss_variance = _moment(
+    state.loss_variance, loss_deviation, loss_deviation, loss_weight, finite_loss
   )
+
+  usable = (measured.discard == Status.ACCEPTED) & ~spike
+  slow = _weight(state.num_measured, 1 / (1 - jnp.asarray(settings.smoothing, dtype)))
+  # Never a longer window than the slow means' (smoothing=0: both the last).
+  fast = jnp.maximum(slow, _weight(state.num_measured, jnp.asarray(FAST_WINDOW, dtype)))
+  slope = measured.slope
+  # |c|: a concave line is measured by its magnitude, as saddle-free Newton does.
+  curvature = jnp.abs(measured.curvature)
+  slope_deviation = slope - state.mean_slope
+  curvature_deviation = curvature - state.mean_curvature
+  means = RuleState(
+    learning_rate=alpha,
+    slow_rate=state.slow_rate,
+    peak_rate=state.peak_rate,
+    mean_slope=_ema(state.mean_slope, slope, slow, usable),
+    mean_curvature=_ema(state.mean_curvature, curvature, slow, usable),
+    fast_slope=_ema(state.fast_slope, slope, fast, usable),
+    fast_curvature=_ema(state.fast_curvature, curvature, fast, usable),
+    slope_variance=_moment(
+      state.slope_variance, slope_deviation, slope_deviation, slow, usable
+    ),
+    curvature_variance=_moment(
+      state.curvature_variance, curvature_deviation, curvature_deviation, slow, usable
+    ),
+    covariance=_moment(
+      state.covariance, slope_deviation, curvature_deviation, slow, usable
+    ),
+    loss_level=loss_level,
+    loss_variance=loss_variance,
+    last_length=jnp.where(
+      measured.discard == Status.ACCEPTED, length, state.last_length
+    ),
+    num_losses=state.num_losses + finite_loss.astype(jnp.int32),
+    num_measured=state.num_measured + usable.astype(jnp.int32),
+    num_accepted=state.num_accepted,
+    warming_up=state.warming_up,
+  )
+  descent = means.mean_slope < 0
+  positive = means.mean_curvature > 0
+  estimated = usable & descent & positive
+  distance = -means.mean_slope / jnp.where(estimated, means.mean_curvature, 1)
+  estimate = distance / safe_length
+
+  # The slow rate moves by at most ρ per refresh, grows by at most r after
+  # the warm-up, and climbs the warm-up cap α₀gⁿ⁺¹ before; the first
+  # estimate is bound by the cap alone (α₀ is a guess, not a measurement).
+  first = state.num_accepted == 0
+  slow_rate = state.slow_rate
+  lower, upper = -inf, inf
+  if reacts:
+    lower, upper = slow_rate / rho, slow_rate * rho
+  growth = upper
+  if settings.max_growth is not None:
+    growth = jnp.minimum(upper, slow_rate * jnp.asarray(settings.max_growth, dtype))
+  cap = inf
+  if settings.warmup_growth is not None:
+    g = jnp.asarray(settings.warmup_growth, dtype)
+    cap = settings.init_learning_rate * g ** (state.num_accepted.astype(dtype) + 1)
+  upper = jnp.where(state.warming_up, jnp.minimum(upper, cap), growth)
+  lower = jnp.where(first, -inf, lower)
+  upper = jnp.where(first, cap, upper)
   # The upper bound wins when the two cross (a warm-up cap under α/ρ).
   bounded = jnp.minimum(jnp.maximum(estimate, lower), upper)
-  bounded = jnp.clip(bounded, settings.min_learning_rate, settings.max_learning_rate)
-  new_state = RuleState(
-    learning_rate=jnp.where(accepted, bounded, state.learning_rate).astype(dtype),
-    mean_slope=mean_slope,
-    mean_curvature=mean_curvature,
-    mean_noise=mean_noise,
-    num_measured=state.num_measured + usable.astype(jnp.int32),
-    warming_up=warming_up,
+  new_slow = jnp.where(estimated, bounded, slow_rate)
+
+  # The recent steps overshoot when the fast estimate's upper confidence
+  # bound lies below the slow rate: α is cut to it, by at most ρ per refresh,
+  # and recovers towards the slow rate as fast when the evidence turns.
+  confident = upper_confidence_distance(means) / safe_length
+  enough = means.num_measured >= MIN_EVIDENCE
+  overshoot = usable & ~first & enough & (confident < new_slow) & reacts
+  follow = jnp.where(estimated, new_slow, alpha)
+  if reacts:
+    follow = jnp.where(first, follow, jnp.clip(follow, alpha / rho, alpha * rho))
+  new_alpha = jnp.where(overshoot, jnp.maximum(confident, alpha / rho), follow)
+  # A spike cuts α and the slow rate by ρ: the last step went too far.
+  new_alpha = jnp.where(spike, alpha / rho, new_alpha)
+  new_slow = jnp.where(spike, slow_rate / rho, new_slow)
+  new_alpha = jnp.clip(
+    new_alpha, settings.min_learning_rate, settings.max_learning_rate
   )
-  return new_state, status, weight
+  # The slow rate stays within ρ of α: its memory of an uncut α is one ratio.
+  if reacts:
+    new_slow = jnp.minimum(new_slow, new_alpha * rho)
+  new_slow = jnp.clip(new_slow, settings.min_learning_rate, settings.max_learning_rate)
+  status = jnp.select(
+    [
+      spike,
+      measured.discard != Status.ACCEPTED,
+      overshoot,
+      ~descent,
+      ~positive,
+    ],
+    [
+      Status.LOSS_SPIKE,
+      measured.discard,
+      Status.OVERSHOOT,
+      Status.NOT_DESCENT,
+      Status.NON_POSITIVE_CURVATURE,
+    ],
+    Status.ACCEPTED,
+  ).astype(jnp.int32)
+  # The warm-up ends, for good, at the first estimate below its cap, the
+  # first overshoot or spike, or when the cap passes the largest rate.
+  ends_warmup = (
+    (estimated & ((estimate < cap) | (cap >= settings.max_learning_rate)))
+    | overshoot
+    | spike
+  )
+  cut = overshoot | spike
+  new_state = means._replace(
+    learning_rate=new_alpha.astype(dtype),
+    peak_rate=jnp.where(cut, new_alpha, jnp.maximum(state.peak_rate, new_alpha)).astype(
+      dtype
+    ),
+    slow_rate=new_slow.astype(dtype),
+    num_accepted=state.num_accepted + estimated.astype(jnp.int32),
+    warming_up=state.warming_up & ~ends_warmup,
+  )
+  return new_state, status, slow

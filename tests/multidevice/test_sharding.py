@@ -103,7 +103,7 @@ def test_sharded_jit_matches_single_device(mesh_shape, axis_type, param_specs, m
     sharded[0],
     single[0],
   )
-  assert int(sharded[1].info.num_accepted) == int(single[1].info.num_accepted)
+  assert int(sharded[1].rule.num_accepted) == int(single[1].rule.num_accepted)
   # The stored previous step is sharded like the parameters.
   jax.tree.map(
     lambda d, p: assert_same_layout(d.sharding, p.sharding, d.ndim),

@@ -114,7 +114,7 @@ def main() -> None:
     "params": gather(params),
     "previous_step": gather(state.previous_step),
     "learning_rate": float(gather(state.learning_rate)),
-    "num_accepted": int(gather(state.info.num_accepted)),
+    "num_accepted": int(gather(state.rule.num_accepted)),
     "losses": [float(gather(v)) for v in losses],
     "step_shards_like_params": layouts_match,
     # Per device: what the compiled step takes in (params, state, batch), and
