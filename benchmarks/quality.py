@@ -8,7 +8,8 @@ Methods, every one on the same batches and seeds:
 
 * GeN-AdamW and GeN-SGD-momentum with the library's defaults, each in the two
   loops users write: ``value_fn`` on the gradient's own batch (the loop written
-  first, as optax's line searches take it) and on an independent batch;
+  first, as optax's line searches take it) and on an independent batch; and
+  GeN-AdamW given the run's length (``total_steps``), on the own batch;
 * the baselines people tune, for AdamW and SGD-momentum: a 9-point log grid
   (1e-4 ... 1) of constant rates, and a 9-point grid of peak rates with a 5%
   linear warm-up and cosine decay to 0;
@@ -96,11 +97,11 @@ def warmup_cosine(peak: Any, steps: int) -> optax.Schedule:
   return lambda t: peak * unit(t)  # peak may be traced (one compilation)
 
 
-def gen_method(inner: str, loop: str, **settings: Any) -> Method:
+def gen_method(inner: str, loop: str, label: str = "", **settings: Any) -> Method:
   """GeN around ``GEN_INNERS[inner]`` with ``value_fn`` on the ``loop`` batch."""
   tx = gen_optax.gen(GEN_INNERS[inner](), **settings)
   return Method(
-    f"GeN-{LABEL[inner]} ({LOOPS[loop]})",
+    f"GeN-{LABEL[inner]}{label} ({LOOPS[loop]})",
     lambda lr: tx,
     "gen",
     inner=inner,
@@ -110,6 +111,8 @@ def gen_method(inner: str, loop: str, **settings: Any) -> Method:
 
 def methods(steps: int) -> list[Method]:
   gen_rows = [gen_method(i, loop) for i in INNERS for loop in LOOPS]
+  # GeN given the run's length (no rate tuned), against the tuned schedules.
+  gen_rows.append(gen_method("adamw", "own", " horizon", total_steps=steps))
   grids = []
   for inner, make in INNERS.items():
     grids.append(Method(f"{LABEL[inner]} constant", make, "grid", inner, "constant"))

@@ -163,6 +163,8 @@ def _ratio_cell(row: dict, schedule: str) -> str:
 def quality_table(results: dict) -> str:
   problems, rows, summary = results["problems"], results["rows"], results["summary"]
   gen_methods = list(dict.fromkeys(r["method"] for r in rows if r["family"] == "gen"))
+  methods = list(dict.fromkeys(r["method"] for r in rows))
+  grids = {r["method"] for r in rows if r["family"] == "grid"}
   steps = sorted({p["steps"] for p in problems.values()})
   seeds = sorted({p["seeds"] for p in problems.values()})
   factor = results["fail_factor"]
@@ -187,7 +189,8 @@ def quality_table(results: dict) -> str:
     " (constant rate / warm-up + cosine peak rate), per half: worst problem (mean"
     " over seeds) and median over problems; the worst single seed over the best"
     " rate's median seed; failed runs out of all seeds of the half; mean rank"
-    " among all 15 methods and among the 11 learning-rate-free ones.",
+    f" among all {len(methods)} methods and among the"
+    f" {len([m for m in methods if m not in grids])} learning-rate-free ones.",
     "",
     "| half | method | worst / constant | median / constant | worst seed / constant"
     " | failed runs | worst / cosine | median / cosine | mean rank"
@@ -208,7 +211,6 @@ def quality_table(results: dict) -> str:
         f" | {s['median_over_best_cosine']:.2f}"
         f" | {s['mean_rank']:.1f} | {s['mean_lr_free_rank']:.1f} |"
       )
-  methods = list(dict.fromkeys(r["method"] for r in rows))
   lines += [
     "",
     "**Failed runs per method** (seeds that failed, out of all seeds; the problems"
