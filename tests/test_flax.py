@@ -299,3 +299,26 @@ def test_linen_fused_line_takes_the_value_fn_steps():
 def test_nnx_value_fn_rejects_non_modules():
   with pytest.raises(TypeError, match=r"model must be a flax\.nnx\.Module"):
     gen_optax.nnx_value_fn(lambda x: x, loss_fn)
+
+
+def test_a_forgotten_value_fn_names_the_nnx_and_linen_fix():
+  # The first mistake of a Flax user: the optimizer's update without value_fn.
+  # The error raised from inside flax names the call to write in each API.
+  model = NoisyMLP(nnx.Rngs(0))
+  x, y = _data(5)
+  optimizer = nnx.Optimizer(model, gen_optax.gen(optax.adam(1.0)), wrt=nnx.Param)
+  grads = nnx.grad(loss_fn)(model, x, y)
+  with pytest.raises(TypeError) as nnx_error:
+    optimizer.update(model, grads)
+  linen_model = nn.Dense(1)
+  params = linen_model.init(jax.random.key(0), x)
+  state = train_state.TrainState.create(
+    apply_fn=linen_model.apply, params=params, tx=gen_optax.gen(optax.adam(1.0))
+  )
+  with pytest.raises(TypeError) as linen_error:
+    state.apply_gradients(grads=jax.tree.map(jnp.zeros_like, params))
+  for error in (nnx_error, linen_error):
+    message = str(error.value)
+    assert "value_fn=None" in message
+    assert "optimizer.update(model, grads, value_fn=gen_optax.nnx_value_fn(" in message
+    assert "gen_optax.linen_apply_gradients(state, grads=grads, value_fn=" in message

@@ -138,6 +138,17 @@ def _as_number(name: str, value: Any) -> float | None:
     raise TypeError(f"{name} must be a real number, got {name}={value!r}.") from None
 
 
+# The same call in the loops users write first (flax's optimizers forward
+# keyword arguments to tx.update).
+_FRAMEWORK_FORMS = (
+  " In Flax NNX: optimizer.update(model, grads, "
+  "value_fn=gen_optax.nnx_value_fn(model, loss_fn, batch)). In Flax Linen "
+  "(TrainState.apply_gradients does not forward it): "
+  "gen_optax.linen_apply_gradients(state, grads=grads, "
+  "value_fn=lambda p: loss_fn(p, batch))."
+)
+
+
 def _has_masked_nodes(tree: Any) -> bool:
   """Whether `tree` comes from inside `optax.masked`/`optax.partition`."""
   is_masked = lambda x: isinstance(x, optax.MaskedNode)  # noqa: E731
@@ -686,7 +697,7 @@ def gen(
     if params is None:
       raise ValueError(
         "gen needs the current parameters: call "
-        "tx.update(grads, state, params, value_fn=...)."
+        "tx.update(grads, state, params, value_fn=...)." + _FRAMEWORK_FORMS
       )
     if not isinstance(state, GeNState):
       raise TypeError(
@@ -710,7 +721,7 @@ def gen(
       raise TypeError(
         "gen needs the loss along a line: call tx.update(grads, state, params, "
         "value_fn=lambda p: loss(p, batch)), or pass line= from "
-        f"gen_optax.value_and_grad; got value_fn={value_fn!r}."
+        f"gen_optax.value_and_grad; got value_fn={value_fn!r}." + _FRAMEWORK_FORMS
       )
     if _has_masked_nodes(params):
       raise ValueError(
