@@ -13,6 +13,7 @@ from gen_optax._src.fused import value_and_grad as value_and_grad
 from gen_optax._src.gen import GeNInfo as GeNInfo
 from gen_optax._src.gen import GeNState as GeNState
 from gen_optax._src.gen import Status as Status
+from gen_optax._src.gen import diagnostics as diagnostics
 from gen_optax._src.gen import find_state as find_state
 from gen_optax._src.gen import gen as gen
 from gen_optax._src.gen import learning_rate as learning_rate
@@ -29,6 +30,7 @@ __all__ = (
   "MultiStepsState",
   "RuleState",
   "Status",
+  "diagnostics",
   "find_state",
   "gen",
   "learning_rate",

@@ -865,3 +865,28 @@ def test_previous_step_can_be_stored_in_lower_precision():
 def test_bad_measurement_settings_raise_naming_the_argument(kwargs, error, match):
   with pytest.raises(error, match=match):
     gen_optax.gen(optax.adam(1.0), **kwargs)
+
+
+def test_diagnostics_are_the_state_as_plain_python_values():
+  # Through a chain, after a few steps on a quadratic: the same numbers as
+  # the state's arrays, the status by name, nothing left as an array.
+  target = jnp.array([1.0, -2.0, 0.5])
+  loss = lambda p: jnp.sum((p - target) ** 2)  # noqa: E731
+  tx = optax.chain(optax.identity(), gen_optax.gen(optax.sgd(1.0)))
+  params, state = jnp.zeros(3), None
+  state = tx.init(params)
+  for _ in range(4):
+    updates, state = tx.update(jax.grad(loss)(params), state, params, value_fn=loss)
+    params = optax.apply_updates(params, updates)
+  found = gen_optax.find_state(state)
+  d = gen_optax.diagnostics(state)
+  assert d["status"] == gen_optax.Status(int(found.info.status)).name
+  assert d["learning_rate"] == float(gen_optax.learning_rate(state))
+  assert (d["loss"], d["slope"], d["curvature"]) == (
+    float(found.info.loss),
+    float(found.info.slope),
+    float(found.info.curvature),
+  )
+  assert d["count"] == 4 and d["num_refreshes"] == int(found.info.num_refreshes)
+  assert d["num_accepted"] == int(found.rule.num_accepted) >= 1
+  assert all(isinstance(v, float | int | str | bool) for v in d.values())

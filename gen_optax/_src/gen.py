@@ -128,6 +128,46 @@ def learning_rate(opt_state: optax.OptState) -> jax.Array:
   return find_state(opt_state).learning_rate
 
 
+def diagnostics(opt_state: optax.OptState) -> dict[str, float | int | str | bool]:
+  """GeN's learning rate and last refresh as plain Python numbers, for logging.
+
+  Reads the state outside ``jax.jit`` (it converts arrays to Python values):
+  α, the outcome of the last refresh by name (a :class:`Status`), what that
+  refresh measured and how far the rule has come.
+
+  Args:
+    opt_state: the state of an optimizer that contains one :func:`gen`.
+
+  Returns:
+    A dict of ``learning_rate``, ``status`` (the name), ``loss``, ``slope``,
+    ``curvature``, ``raw_learning_rate`` (that measurement's own estimate),
+    ``count`` (updates), ``num_refreshes``, ``num_accepted`` and
+    ``warming_up``.
+
+  Example:
+    >>> import jax.numpy as jnp, optax
+    >>> import gen_optax
+    >>> tx = gen_optax.gen(optax.sgd(1.0))
+    >>> d = gen_optax.diagnostics(tx.init(jnp.zeros(2)))
+    >>> print(d["status"], f"{d['learning_rate']:.3g}", d["count"])
+    INITIAL 0.001 0
+  """
+  state = find_state(opt_state)
+  info = state.info
+  return {
+    "learning_rate": float(state.learning_rate),
+    "status": Status(int(info.status)).name,
+    "loss": float(info.loss),
+    "slope": float(info.slope),
+    "curvature": float(info.curvature),
+    "raw_learning_rate": float(info.raw_learning_rate),
+    "count": int(state.count),
+    "num_refreshes": int(info.num_refreshes),
+    "num_accepted": int(state.rule.num_accepted),
+    "warming_up": bool(state.rule.warming_up),
+  }
+
+
 def _as_number(name: str, value: Any) -> float | None:
   """``float(value)``, or None for a traced value (``inject_hyperparams``)."""
   if isinstance(value, jax.core.Tracer):
