@@ -5,7 +5,9 @@ from pathlib import Path
 
 import pytest
 
-HOWTO = sorted((Path(__file__).parent.parent / "docs" / "howto").glob("*.md"))
+DOCS = Path(__file__).parent.parent / "docs"
+# The how-to pages and the quickstart: each page's blocks run as one script.
+HOWTO = sorted(DOCS.glob("howto/*.md")) + [DOCS / "quickstart.md"]
 BLOCK = re.compile(r"^```python\n(.*?)^```", re.DOTALL | re.MULTILINE)
 
 
@@ -18,6 +20,7 @@ def test_every_howto_page_has_code():
     "sharding",
     "multihost",
     "checkpointing",
+    "quickstart",
   }
   for page in HOWTO:
     assert BLOCK.findall(page.read_text()), page

@@ -154,17 +154,19 @@ def diagnostics(opt_state: optax.OptState) -> dict[str, float | int | str | bool
   """
   state = find_state(opt_state)
   info = state.info
+  # .item() of an array: leaves may be wrapped (flax's OptArray in NNX).
+  value = lambda leaf: np.asarray(leaf).item()  # noqa: E731
   return {
-    "learning_rate": float(state.learning_rate),
-    "status": Status(int(info.status)).name,
-    "loss": float(info.loss),
-    "slope": float(info.slope),
-    "curvature": float(info.curvature),
-    "raw_learning_rate": float(info.raw_learning_rate),
-    "count": int(state.count),
-    "num_refreshes": int(info.num_refreshes),
-    "num_accepted": int(state.rule.num_accepted),
-    "warming_up": bool(state.rule.warming_up),
+    "learning_rate": float(value(state.rule.learning_rate)),
+    "status": Status(value(info.status)).name,
+    "loss": float(value(info.loss)),
+    "slope": float(value(info.slope)),
+    "curvature": float(value(info.curvature)),
+    "raw_learning_rate": float(value(info.raw_learning_rate)),
+    "count": int(value(state.count)),
+    "num_refreshes": int(value(info.num_refreshes)),
+    "num_accepted": int(value(state.rule.num_accepted)),
+    "warming_up": bool(value(state.rule.warming_up)),
   }
 
 
