@@ -181,3 +181,56 @@ def test_multi_steps_validates_every_k():
     gen_optax.multi_steps(optax.sgd(1.0), 0)
   with pytest.raises(TypeError, match=r"every_k=2\.5"):
     gen_optax.multi_steps(optax.sgd(1.0), 2.5)  # type: ignore[arg-type]
+
+
+def _train_chain(tx, steps, dtype=jnp.float32, fused=False):
+  """``steps`` jitted updates of ``tx`` on the tanh MLP; returns gen's state."""
+  params, loss = tanh_mlp(dtype=dtype)
+  state = tx.init(params)
+
+  @jax.jit
+  def step(params, state):
+    if fused:
+      (_, grads), line = gen_optax.value_and_grad(loss)(params, state)
+      updates, state = tx.update(grads, state, params, line=line)
+    else:
+      updates, state = tx.update(jax.grad(loss)(params), state, params, value_fn=loss)
+    return optax.apply_updates(params, updates), state
+
+  for _ in range(steps):
+    params, state = step(params, state)
+  return gen_optax.find_state(state)
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["value_fn", "fused"])
+def test_a_transformation_after_gen_is_detected_and_named_once(fused):
+  # clip_by_global_norm after gen shortens the applied step (α grows, the
+  # clip binds): GeN's measurement along the step it returned is then wrong.
+  tx = optax.chain(
+    gen_optax.gen(optax.adam(1.0), init_learning_rate=0.1),
+    optax.clip_by_global_norm(1e-3),
+  )
+  with pytest.warns(UserWarning, match="Put gen last") as caught:
+    state = _train_chain(tx, 6, fused=fused)
+  # Every refresh after the first step saw a changed step; one warning.
+  assert int(state.info.num_changed_steps) == 5
+  assert len([w for w in caught if "Put gen last" in str(w.message)]) == 1
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize(
+  "tx",
+  [
+    gen_optax.gen(optax.adam(1.0)),
+    gen_optax.gen(optax.chain(optax.clip_by_global_norm(1e-3), optax.adam(1.0))),
+    optax.chain(optax.identity(), gen_optax.gen(optax.sgd(1.0, momentum=0.9))),
+    gen_optax.gen(optax.adam(1.0), refresh_every=3),
+  ],
+  ids=["gen", "clip inside", "gen last in a chain", "refresh every 3"],
+)
+def test_gen_last_is_never_flagged(tx, dtype):
+  # Rounding of the params (bfloat16 included) and of the two sums stays
+  # inside the tolerance: no false alarm over a run.
+  state = _train_chain(tx, 12, dtype=dtype)
+  assert int(state.info.num_changed_steps) == 0
+  assert int(state.info.num_refreshes) >= 4

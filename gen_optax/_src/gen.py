@@ -34,6 +34,9 @@ class GeNInfo(NamedTuple):
   weight: jax.Array  #: scalar float, weight of this measurement in the running means
   status: jax.Array  #: scalar int32, a `Status`
   num_refreshes: jax.Array  #: scalar int32, refreshes so far
+  #: scalar int32, refreshes that found the params moved by other than the
+  #: step gen returned last (a transformation after gen in a chain)
+  num_changed_steps: jax.Array
 
   @property
   def accepted(self) -> jax.Array:
@@ -54,6 +57,11 @@ class GeNState(NamedTuple):
   previous_rate: jax.Array
   inner_state: optax.OptState  #: state of the wrapped optimizer
   info: GeNInfo  #: diagnostics of the last refresh
+  #: scalar float, ⟨θ + d, d⟩ for the returned step d: what ⟨θ', d⟩ must be
+  #: at the next update if d was the step applied
+  step_check: jax.Array
+  #: scalar float, the rounding allowed in it (∞: nothing to check)
+  step_check_tolerance: jax.Array
 
   @property
   def learning_rate(self) -> jax.Array:
@@ -189,6 +197,79 @@ _FRAMEWORK_FORMS = (
   "gen_optax.linen_apply_gradients(state, grads=grads, "
   "value_fn=lambda p: loss_fn(p, batch))."
 )
+
+
+# Rounding allowed in the step check, in units of the accumulation dtype's
+# epsilon times Σ|θ'ᵢdᵢ|: a pairwise sum of n terms errs by at most
+# ~log₂(n)·ε·Σ|xᵢ|, and 64 covers any n below 2⁶⁴ with room for the order of
+# the two sums (two programs).  A relative 1e-3 of ‖d‖² on top: a step
+# changed by less than 0.1% changes no measurement that matters.
+_CHECK_ROUNDING = 64
+_CHECK_RELATIVE = 1e-3
+
+
+def _step_check(
+  params: optax.Params,
+  updates: optax.Updates,
+  stored: optax.Updates,
+  step_size: jax.Array,
+) -> tuple[jax.Array, jax.Array]:
+  """(⟨θ + d, d̃⟩, its tolerance) for the step d returned and its stored copy d̃.
+
+  ``θ + d`` is formed as ``optax.apply_updates`` forms it, so that a step
+  applied unchanged gives the same elements, and only the order of the sum
+  differs at the next update.
+  """
+  dtype = step_size.dtype
+  low_precision = any(
+    jnp.finfo(leaf.dtype).bits < 32
+    for leaf in jax.tree.leaves(params)
+    if jnp.issubdtype(leaf.dtype, jnp.floating)
+  )
+  if low_precision:
+    # XLA may keep a bfloat16 sum in float32 inside a fusion (excess
+    # precision); the params the next update sees were rounded.  Barriers
+    # make this program round where the user's apply_updates rounds.
+    updates = jax.lax.optimization_barrier(updates)
+  moved = optax.apply_updates(params, updates)
+  if low_precision:
+    moved = jax.lax.optimization_barrier(moved)
+  check = line_lib.tree_vdot(moved, stored, dtype)
+  magnitude = line_lib.tree_vdot(
+    jax.tree.map(jnp.abs, moved), jax.tree.map(jnp.abs, stored), dtype
+  )
+  eps = jnp.finfo(dtype).eps
+  tolerance = (
+    _CHECK_RELATIVE * line_lib.tree_vdot(stored, stored, dtype)
+    + _CHECK_ROUNDING * eps * magnitude
+  )
+  return check, tolerance
+
+
+def _step_changed(state: "GeNState", params: optax.Params, dtype: Any) -> jax.Array:
+  """Whether the params moved by other than the step ``state`` stored (bool)."""
+  observed = line_lib.tree_vdot(params, state.previous_step, dtype)
+  # An infinite tolerance (nothing to check) or a NaN compares False.
+  return jnp.abs(observed - state.step_check) > state.step_check_tolerance
+
+
+def _warn(changed: Any) -> None:
+  if np.any(changed):
+    warnings.warn(
+      "gen_optax.gen: the params moved by other than the step gen returned; a "
+      "transformation after gen in a chain changes the step, and GeN's "
+      "measurement along it is then wrong. Put gen last (outermost): e.g. "
+      "gen(optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(1.0))) "
+      "instead of optax.chain(gen(optax.adamw(1.0)), "
+      "optax.clip_by_global_norm(1.0)). Counted in GeNInfo.num_changed_steps.",
+      stacklevel=1,
+    )
+
+
+def _warn_once_if_changed(before: "GeNInfo", after: "GeNInfo") -> None:
+  """Tells the user, in words, at the first refresh that found a changed step."""
+  first = (before.num_changed_steps == 0) & (after.num_changed_steps > 0)
+  jax.lax.cond(first, lambda: jax.debug.callback(_warn, first), lambda: None)
 
 
 def _has_masked_nodes(tree: Any) -> bool:
@@ -650,7 +731,10 @@ def gen(
         weight=nan(),
         status=jnp.asarray(Status.INITIAL, jnp.int32),
         num_refreshes=zero(),
+        num_changed_steps=zero(),
       ),
+      step_check=jnp.zeros((), dtype),
+      step_check_tolerance=jnp.full((), jnp.inf, dtype),
     )
 
   def refresh_rule(
@@ -670,6 +754,7 @@ def gen(
     """
     alpha, info = state.learning_rate, state.info
     dtype = alpha.dtype
+    changed = _step_changed(state, params, dtype) if lookback else jnp.asarray(False)
     direction = state.previous_step if lookback else update
     if axis_name is not None:
       # Under shard_map the data vary across devices while params and the
@@ -717,6 +802,7 @@ def gen(
       weight=weight,
       status=status,
       num_refreshes=optax.safe_increment(info.num_refreshes),
+      num_changed_steps=info.num_changed_steps + changed.astype(jnp.int32),
     )
     return rule, new_info
 
@@ -841,6 +927,22 @@ def gen(
         )
       else:
         new_updates = _where(spiked, optax.tree.zeros_like(new_updates), new_updates)
+    check, tolerance = state.step_check, state.step_check_tolerance
+    if lookback:
+      # What the next refresh checks (gen last: the step applied is d).
+      def make_check() -> tuple[jax.Array, jax.Array]:
+        return _step_check(params, new_updates, previous_step, step_size)
+
+      if refresh is None and refresh_every > 1:
+        # Only before a refresh: the steps between pay nothing for it.
+        unchecked = (jnp.zeros_like(step_size), jnp.full_like(step_size, jnp.inf))
+        check, tolerance = jax.lax.cond(
+          (state.count + 1) % refresh_every == 0, make_check, lambda: unchecked
+        )
+      else:
+        check, tolerance = make_check()
+    if lookback and refresh is not False:
+      _warn_once_if_changed(state.info, info)
     new_state = GeNState(
       count=optax.safe_increment(state.count),
       rule=rule,
@@ -848,6 +950,8 @@ def gen(
       previous_rate=step_size if lookback else state.previous_rate,
       inner_state=inner_state,
       info=info,
+      step_check=check,
+      step_check_tolerance=tolerance,
     )
     return new_updates, new_state
 
