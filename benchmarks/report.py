@@ -14,6 +14,7 @@ import json
 import re
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -385,7 +386,41 @@ def seed_demo_table(results: dict) -> str:
   return "\n".join(lines)
 
 
-RENDERERS: dict[str, Callable[[dict], str]] = {
+def gpu_lm_table(results: dict | None) -> str:
+  """benchmarks/gpu_lm.py on a device: losses, step ratios, memory per method."""
+  if results is None:
+    return (
+      "No GPU results yet: no session with a device has run the check.  The"
+      " CPU smoke run (`--size small`) is in the slow test tier."
+    )
+  lines = [
+    f"`{results['command']}` on {results['device']}: jax {results['jax']}, optax"
+    f" {results['optax']}; model {results['model']}; corpus"
+    f" {results['corpus_bytes'][0]:,} training and {results['corpus_bytes'][1]:,}"
+    f" held-out bytes; {results['steps_per_method']} steps per method"
+    + (
+      f" (planned for a budget of {results['budget_seconds']:g} s)"
+      if results["budget_seconds"]
+      else ""
+    )
+    + f"; the whole check took {results['total_seconds']:.0f} s.",
+    "",
+    "| method | training loss | held-out loss | step / AdamW step | memory (MB)"
+    " | final α |",
+    "|---|---|---|---|---|---|",
+  ]
+  for r in results["results"]:
+    rate = r["rates"][-1] if r["rates"] and np.isfinite(r["rates"][-1]) else None
+    lines.append(
+      f"| {r['method']} | {r['train_loss']:.4f} | {r['held_out_loss']:.4f}"
+      f" | {r['step_ratio']:.2f} | {r['memory_mb']:.0f}"
+      f" | {'—' if rate is None else f'{rate:.3g}'} |"
+    )
+  return "\n".join(lines)
+
+
+RENDERERS: dict[str, Callable[[Any], str]] = {
+  "gpu-lm.json": gpu_lm_table,
   "seed-demo.json": seed_demo_table,
   "overhead-cpu.json": overhead_table,
   "quality.json": quality_table,
@@ -395,9 +430,16 @@ RENDERERS: dict[str, Callable[[dict], str]] = {
 }
 
 
+# Results that only some sessions can make (a lent device): rendered as absent.
+OPTIONAL = {"gpu-lm.json"}
+
+
 def render(name: str, folder: Path = RESULTS) -> str:
-  """The markdown block of one saved result file."""
-  return RENDERERS[name](json.loads((folder / name).read_text()))
+  """The markdown block of one saved result file (``None`` where none is saved)."""
+  path = folder / name
+  if name in OPTIONAL and not path.exists():
+    return RENDERERS[name](None)
+  return RENDERERS[name](json.loads(path.read_text()))
 
 
 def render_docs(text: str, folder: Path = RESULTS) -> str:

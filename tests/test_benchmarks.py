@@ -178,3 +178,58 @@ def test_docs_tables_are_rendered_from_saved_results():
     "docs/benchmarks.md differs from the saved results: run "
     "python benchmarks/report.py --write docs/benchmarks.md"
   )
+
+
+@pytest.mark.slow
+def test_gpu_lm_small_trains_every_method_on_the_same_data(tmp_path):
+  # The CPU smoke run of the accelerator check: every method, one record.
+  out = tmp_path / "gpu-lm.json"
+  _run("gpu_lm.py", "--size", "small", "--steps", "24", "--out", str(out))
+  record = json.loads(out.read_text())
+  results = {r["method"]: r for r in record["results"]}
+  assert len(results) == 7 and record["steps_per_method"] == 24
+  assert {"GeN-AdamW", "GeN-AdamW horizon", "prodigy"} <= set(results)
+  # Every method starts from the same initialisation on the same first
+  # batch: the first training losses agree (float32 forward passes).
+  first = [r["losses"][0] for r in results.values()]
+  assert max(first) - min(first) < 1e-5
+  # ... and that loss is the uniform guess over bytes, ln 256, give or take
+  # the initial logits' spread.
+  assert abs(first[0] - math.log(256)) < 0.5
+  for r in results.values():
+    assert len(r["losses"]) == 24 and all(math.isfinite(v) for v in r["losses"])
+    assert math.isfinite(r["train_loss"]) and math.isfinite(r["held_out_loss"])
+    assert r["step_ratio"] > 0 and r["memory_mb"] > 0
+  # GeN's α is recorded every step and is a rate inside its clamp.
+  for name in ("GeN-AdamW", "GeN-AdamW, refresh every 8", "GeN-AdamW horizon"):
+    assert all(1e-6 <= a <= 1.0 for a in results[name]["rates"])
+  # The step ratios divide by the first AdamW row's step.
+  assert results[f"AdamW cosine {3e-4:g}"]["step_ratio"] == 1.0
+  assert (tmp_path / "gpu-lm.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_gpu_lm_budget_planner_keeps_the_dry_run_within_its_budget(tmp_path):
+  out = tmp_path / "gpu-lm.json"
+  budget = 300  # compiling the 7 methods takes about a minute on 2 cores
+  _run(
+    "gpu_lm.py", "--size", "small", "--budget-seconds", str(budget), "--out", str(out)
+  )
+  record = json.loads(out.read_text())
+  steps = record["steps_per_method"]
+  # The planned steps fit what the warm-up left, and the run, evaluation and
+  # figure included, ends within the budget.
+  assert steps >= 1 and all(r["steps"] == steps for r in record["results"])
+  assert record["planned_seconds"] <= budget
+  assert record["total_seconds"] <= budget
+
+
+def test_gpu_lm_plan_leaves_a_tenth_for_evaluation():
+  import gpu_lm
+
+  warmups = [{"step_seconds": 0.5}, {"step_seconds": 1.5}]
+  # 100 s budget, 20 s spent: 90% of the 80 s left at 2 s per step (both
+  # methods) is 36 steps, 72 s; a cap binds below that.
+  assert gpu_lm.plan(100, 20, warmups, cap=1000) == (36, 72.0)
+  assert gpu_lm.plan(100, 20, warmups, cap=10) == (10, 20.0)
+  assert gpu_lm.plan(100, 120, warmups, cap=1000) == (0, 0.0)

@@ -7,7 +7,7 @@ import pytest
 
 DOCS = Path(__file__).parent.parent / "docs"
 # The how-to pages and the quickstart: each page's blocks run as one script.
-HOWTO = sorted(DOCS.glob("howto/*.md")) + [DOCS / "quickstart.md"]
+HOWTO = [*sorted(DOCS.glob("howto/*.md")), DOCS / "quickstart.md"]
 BLOCK = re.compile(r"^```python\n(.*?)^```", re.DOTALL | re.MULTILINE)
 
 
