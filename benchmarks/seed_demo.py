@@ -254,7 +254,7 @@ def main() -> None:
         "command": "python benchmarks/seed_demo.py --seed-project SEED --seeds "
         + " ".join(map(str, args.seeds))
         + f" --out {args.out}"
-        + (f" --seed-rows {args.seed_rows}" if args.seed_rows else ""),
+        + (f" --seed-rows {args.seed_rows.name}" if args.seed_rows else ""),
         "problem": "seed demo: y = Ax + b + 0.1 noise, 1000 x 10, MLP 10-64-32-1 "
         "ReLU, MSE, batch 32, 200 epochs, float64; noise floor 0.01",
         "grid": GRID.tolist(),
