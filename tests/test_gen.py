@@ -715,8 +715,8 @@ def test_static_refresh_flag_matches_the_lax_cond_schedule(x64, mode):
     p_static, s_static = static_step(p_static, s_static, refresh=t % 3 == 0)
     p_sched, s_sched, _ = scheduled(p_sched, s_sched)
   jax.effects_barrier()
-  # The step check is made before every static step (the next may refresh)
-  # and only before a refresh on the schedule; everything else agrees.
+  # The step check is made on static refresh steps and, on the schedule,
+  # before a refresh: the two states differ there and agree in all else.
   unchecked = lambda s: s._replace(step_check=0.0, step_check_tolerance=0.0)  # noqa: E731
   chex.assert_trees_all_close(
     (p_static, unchecked(s_static)), (p_sched, unchecked(s_sched)), rtol=1e-6

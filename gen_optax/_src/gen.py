@@ -933,9 +933,14 @@ def gen(
       def make_check() -> tuple[jax.Array, jax.Array]:
         return _step_check(params, new_updates, previous_step, step_size)
 
-      if refresh is None and refresh_every > 1:
-        # Only before a refresh: the steps between pay nothing for it.
-        unchecked = (jnp.zeros_like(step_size), jnp.full_like(step_size, jnp.inf))
+      # Only before a refresh: the steps between pay nothing for it.  Under
+      # static flags the next step's flag is unknown, and a step that does
+      # not refresh makes no check (a static loop is checked where a refresh
+      # follows a refresh).
+      unchecked = (jnp.zeros_like(step_size), jnp.full_like(step_size, jnp.inf))
+      if refresh is False:
+        check, tolerance = unchecked
+      elif refresh is None and refresh_every > 1:
         check, tolerance = jax.lax.cond(
           (state.count + 1) % refresh_every == 0, make_check, lambda: unchecked
         )
