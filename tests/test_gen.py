@@ -894,4 +894,5 @@ def test_diagnostics_are_the_state_as_plain_python_values():
   )
   assert d["count"] == 4 and d["num_refreshes"] == int(found.info.num_refreshes)
   assert d["num_accepted"] == int(found.rule.num_accepted) >= 1
+  assert d["num_changed_steps"] == 0  # gen last: no warning either
   assert all(isinstance(v, float | int | str | bool) for v in d.values())
