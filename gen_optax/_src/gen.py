@@ -235,15 +235,14 @@ def _step_check(
   params: optax.Params,
   updates: optax.Updates,
   stored: optax.Updates,
-  step_size: jax.Array,
+  dtype: Any,
 ) -> tuple[jax.Array, jax.Array]:
   """(⟨θ + d, d̃⟩, its tolerance) for the step d returned and its stored copy d̃.
 
   ``θ + d`` is formed as ``optax.apply_updates`` forms it, so that a step
   applied unchanged gives the same elements, and only the order of the sum
-  differs at the next update.
+  differs at the next update.  ``dtype``: that of the sums (α's).
   """
-  dtype = step_size.dtype
   params, updates, stored = _checked(params), _checked(updates), _checked(stored)
   low_precision = any(
     jnp.finfo(leaf.dtype).bits < 32
@@ -948,7 +947,7 @@ def gen(
     if lookback:
       # What the next refresh checks (gen last: the step applied is d).
       def make_check() -> tuple[jax.Array, jax.Array]:
-        return _step_check(params, new_updates, previous_step, step_size)
+        return _step_check(params, new_updates, previous_step, step_size.dtype)
 
       # Only before a refresh: the steps between pay nothing for it.  Under
       # static flags the next step's flag is unknown, and a step that does
