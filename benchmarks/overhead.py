@@ -23,7 +23,7 @@ MLP shapes against a plain PyTorch Adam step; ``--torch`` adds the authors'
 package ``gen-optim`` (``lr_parabola``) the same way (``pip install -e
 ".[bench-torch]"``).  Both are timed in interleaved rounds in every run.
 
-Run: ``python benchmarks/overhead.py --runs 3 --seed ../shared/seed --torch
+Run: ``python benchmarks/overhead.py --runs 3 --seed SEED --torch
 --out benchmarks/results/overhead-cpu.json`` (about 45 minutes on 2 CPU
 cores); ``--quick`` is the smoke test the suite runs.
 """

@@ -20,10 +20,18 @@ import numpy as np
 
 RESULTS = Path(__file__).parent / "results"
 BLOCK = re.compile(
-  r"(<!-- begin report: (?P<name>[\w.-]+\.json) -->\n)(?P<body>.*?)"
+  r"(<!-- begin report: (?P<name>[\w.-]+\.json(?:#[\w-]+)?) -->\n)(?P<body>.*?)"
   r"(<!-- end report -->)",
   re.DOTALL,
 )
+
+
+def _command(results: dict) -> str:
+  """The recorded command, with the seed project's folder written ``SEED``.
+
+  The folder is a path of the machine that ran it; the docs say what it is.
+  """
+  return re.sub(r"(--seed(?:-project)?) \S+", r"\1 SEED", results["command"])
 
 
 def _spread(row: dict, key: str, digits: int = 2) -> str:
@@ -109,7 +117,8 @@ def overhead_targets(results: dict) -> list[str]:
 
 def overhead_table(results: dict) -> str:
   lines = [
-    f"`{results['command']}`: device {results['device']}, jax {results['jax']},"
+    f"`{_command(results)}` (SEED: the seed project's folder): device"
+    f" {results['device']}, jax {results['jax']},"
     f" optax {results['optax']}; {len(results['runs'])} runs of {results['rounds']}"
     " interleaved rounds; median over runs (min–max).",
     "",
@@ -170,7 +179,7 @@ def quality_table(results: dict) -> str:
   seeds = sorted({p["seeds"] for p in problems.values()})
   factor = results["fail_factor"]
   lines = [
-    f"`{results['command']}`: jax {results['jax']}, optax {results['optax']};"
+    f"`{_command(results)}`: jax {results['jax']}, optax {results['optax']};"
     f" {' or '.join(map(str, steps))} steps and {' or '.join(map(str, seeds))}"
     " seeds per problem.  A run (one seed) **fails** when its final training"
     f" loss is above its initial loss or more than {factor:g}x the median seed"
@@ -288,6 +297,50 @@ def quality_table(results: dict) -> str:
   return "\n".join(lines)
 
 
+def quality_summary_table(results: dict) -> str:
+  """The README's table: GeN with one batch per step, the cosine grid, the peers."""
+  summary = results["summary"]
+  methods = [
+    m
+    for m in summary["all"]["methods"]
+    if (m.startswith("GeN") and "own batch" in m)
+    or m == "AdamW cosine"
+    or not (m.startswith(("GeN", "AdamW", "SGD")))
+  ]
+  halves = [h for h in summary if h != "all"]
+  label = {"select": "selection", "report": "held-out"}
+
+  def times(x: float) -> str:
+    return f"{x:.0f}x" if x >= 100 else f"{x:.3g}x"
+
+  lines = [
+    "Final training loss over the best constant rate of the method's inner"
+    " optimizer (AdamW for the peers; the cosine grid at its best peak per"
+    " problem): median over problems, the worst single seed, and failed runs"
+    f" (final loss above the initial or over {results['fail_factor']:g}x the best"
+    " constant rate).",
+    "",
+    "| method | "
+    + " | ".join(
+      f"{label[h]}: median | {label[h]}: worst seed | {label[h]}: failed"
+      for h in halves
+    )
+    + " |",
+    "|---|" + "---|---|---|" * len(halves),
+  ]
+  for method in methods:
+    cells = []
+    for half in halves:
+      s = summary[half]["methods"][method]
+      cells += [
+        f"{s['median_over_best_constant']:.2f}x",
+        times(s["worst_seed_over_best_constant"]),
+        f"{s['failures']}/{s['runs']}",
+      ]
+    lines.append(f"| {method} | " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
 def slope_source_table(results: dict) -> str:
   """benchmarks/studies/slope_source.py: final losses per seed and their mean."""
   settings = results["settings"]
@@ -360,7 +413,7 @@ def seed_demo_table(results: dict) -> str:
   rows = results["rows"]
   seeds = list(dict.fromkeys(r["seed"] for r in rows))
   lines = [
-    f"`{results['command']}` (SEED: the seed project's folder): jax"
+    f"`{_command(results)}` (SEED: the seed project's folder): jax"
     f" {results['jax']}, optax {results['optax']}, torch {results['torch']}."
     f" {results['problem']}.  Final MSE on all the data; seed 11 is the demo's"
     " own.",
@@ -394,7 +447,7 @@ def gpu_lm_table(results: dict | None) -> str:
       " CPU smoke run (`--size small`) is in the slow test tier."
     )
   lines = [
-    f"`{results['command']}` on {results['device']}: jax {results['jax']}, optax"
+    f"`{_command(results)}` on {results['device']}: jax {results['jax']}, optax"
     f" {results['optax']}; model {results['model']}; corpus"
     f" {results['corpus_bytes'][0]:,} training and {results['corpus_bytes'][1]:,}"
     f" held-out bytes; {results['steps_per_method']} steps per method"
@@ -424,6 +477,7 @@ RENDERERS: dict[str, Callable[[Any], str]] = {
   "seed-demo.json": seed_demo_table,
   "overhead-cpu.json": overhead_table,
   "quality.json": quality_table,
+  "quality.json#summary": quality_summary_table,
   "study-slope-source.json": slope_source_table,
   "study-gen-sgd-diagnosis.json": gen_sgd_diagnosis_table,
   "soak.json": soak_table,
@@ -435,8 +489,11 @@ OPTIONAL = {"gpu-lm.json"}
 
 
 def render(name: str, folder: Path = RESULTS) -> str:
-  """The markdown block of one saved result file (``None`` where none is saved)."""
-  path = folder / name
+  """The markdown block of one saved result file (``None`` where none is saved).
+
+  ``NAME.json#VIEW`` is another view of ``NAME.json``.
+  """
+  path = folder / name.split("#")[0]
   if name in OPTIONAL and not path.exists():
     return RENDERERS[name](None)
   return RENDERERS[name](json.loads(path.read_text()))
@@ -462,7 +519,7 @@ def main() -> None:
     args.write.write_text(render_docs(args.write.read_text(), args.results))
     return
   for name in RENDERERS:
-    if (args.results / name).exists():
+    if (args.results / name.split("#")[0]).exists():
       print(f"### {name}\n\n{render(name, args.results)}\n")
 
 

@@ -180,6 +180,17 @@ def test_docs_tables_are_rendered_from_saved_results():
   )
 
 
+def test_readme_results_are_rendered_from_saved_results():
+  readme = (ROOT / "README.md").read_text()
+  assert [name for _, name, _, _ in report.BLOCK.findall(readme)] == [
+    "quality.json#summary"
+  ]
+  assert report.render_docs(readme) == readme, (
+    "README.md differs from the saved results: run "
+    "python benchmarks/report.py --write README.md"
+  )
+
+
 @pytest.mark.slow
 def test_gpu_lm_small_trains_every_method_on_the_same_data(tmp_path):
   # The CPU smoke run of the accelerator check: every method, one record.
