@@ -25,7 +25,8 @@ def _is_png(path: Path) -> bool:
 @pytest.mark.slow
 def test_digits_cnn(tmp_path):
   results = _load("digits_cnn").main(
-    ["--steps", "30", "--log-every", "10", "--out", str(tmp_path)]
+    ["--steps", "30", "--log-every", "10", "--grid", "1e-3", "1e-2"]
+    + ["--out", str(tmp_path)]
   )
   gen_run = results[0]
   assert gen_run["history"]["loss"][-1] < gen_run["history"]["loss"][0]
@@ -39,6 +40,13 @@ def test_digits_cnn(tmp_path):
   assert history["lr"][-1] > 1e-3
   assert gen_run["test_accuracy"] > 0.3  # 10 classes: chance is 0.1
   assert _is_png(tmp_path / "loss.png") and _is_png(tmp_path / "learning_rate.png")
+  # AdamW at the default --lr (3e-3), then the grid's best when it differs:
+  # a lower final loss than the default's, by the grid's own choice.
+  default, *best = results[1:]
+  assert default["name"] == "AdamW lr=0.003"
+  assert len(best) <= 1 and all(
+    b["final_loss"] <= default["final_loss"] and "best of 3" in b["name"] for b in best
+  )
 
 
 @pytest.mark.slow
