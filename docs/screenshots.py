@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 DOCS = Path(__file__).parent
-PAGES = ("index", "method", "modes", "benchmarks", "api", "howto/nnx")
+PAGES = ("index", "quickstart", "method", "modes", "benchmarks", "api", "howto/nnx")
 # Flags of a quiet offline start: no first-run UI, no background connections
 # (refused on a closed network), no GPU.
 FLAGS = (
