@@ -25,8 +25,10 @@ def _is_png(path: Path) -> bool:
 @pytest.mark.slow
 def test_digits_cnn(tmp_path):
   results = _load("digits_cnn").main(
-    ["--steps", "30", "--log-every", "10", "--grid", "1e-3", "1e-2"]
-    + ["--out", str(tmp_path)]
+    [
+      *("--steps", "30", "--log-every", "10", "--grid", "1e-3", "1e-2"),
+      *("--out", str(tmp_path)),
+    ]
   )
   gen_run = results[0]
   assert gen_run["history"]["loss"][-1] < gen_run["history"]["loss"][0]
