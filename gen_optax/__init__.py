@@ -18,6 +18,7 @@ from gen_optax._src.gen import find_state as find_state
 from gen_optax._src.gen import gen as gen
 from gen_optax._src.gen import learning_rate as learning_rate
 from gen_optax._src.line import LineMeasurement as LineMeasurement
+from gen_optax._src.line import auto_mode as auto_mode
 from gen_optax._src.line import measure_line as measure_line
 from gen_optax._src.rule import RuleState as RuleState
 
@@ -30,6 +31,7 @@ __all__ = (
   "MultiStepsState",
   "RuleState",
   "Status",
+  "auto_mode",
   "diagnostics",
   "find_state",
   "gen",

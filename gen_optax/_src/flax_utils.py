@@ -104,7 +104,7 @@ def nnx_value_and_grad(
   loss_fn: Callable[..., Any],
   *,
   has_aux: bool = False,
-  mode: Mode = "forward-over-reverse",
+  mode: Mode = "auto",
   probe_multipliers: Sequence[float] = (-1.0, 0.0, 1.0),
   refresh: bool = True,
   wrt: Any = None,

@@ -46,7 +46,7 @@ def value_and_grad(
   fun: Callable[..., Any],
   *,
   has_aux: bool = False,
-  mode: Mode = "forward-over-reverse",
+  mode: Mode = "auto",
   probe_multipliers: Sequence[float] = (-1.0, 0.0, 1.0),
   refresh: bool = True,
 ) -> Callable[..., tuple[tuple[Any, Any], LineMeasurement | None]]:
@@ -62,11 +62,12 @@ def value_and_grad(
     L'(\theta)[d] = \langle \nabla L(\theta), d \rangle, \quad
     L''(\theta)[d, d] = d^\top \nabla^2 L(\theta)\, d,
 
-  for the default mode by one ``jax.jvp`` of ``jax.value_and_grad`` along
-  :math:`d` (the gradient is its primal output); the other modes of
-  :func:`measure_line` reuse the gradient pass's loss.  Pass the measurement
-  to ``tx.update(grads, opt_state, params, line=line)``; no ``value_fn`` is
-  needed.
+  with ``mode="forward-over-reverse"`` by one ``jax.jvp`` of
+  ``jax.value_and_grad`` along :math:`d` (the gradient is its primal
+  output); the other modes of :func:`measure_line` (the default ``"auto"``
+  included) add their measurement to the gradient pass, sharing its loss.
+  Pass the measurement to ``tx.update(grads, opt_state, params,
+  line=line)``; no ``value_fn`` is needed.
 
   Args:
     fun: the loss, ``fun(params, *args, **kwargs) -> scalar`` (or

@@ -547,7 +547,7 @@ def _validate(
 def gen(
   inner: optax.GradientTransformation,
   *,
-  mode: Mode = "forward-over-reverse",
+  mode: Mode = "auto",
   measure_along: MeasureAlong = "previous_step",
   slope_from: SlopeFrom = "value_fn",
   init_learning_rate: float = 1e-3,
@@ -578,8 +578,9 @@ def gen(
   **Where it measures.**  By default GeN measures, on ``value_fn``, the loss
   along the step it took last, at the current point: that step was built from
   earlier batches, so ``value_fn`` may close over the gradient's own batch
-  (one batch per step).  The curvature is exact (``jax.jvp`` over
-  ``jax.grad``); other modes in docs/modes.md.  On a quadratic with SGD the
+  (one batch per step).  The curvature is exact: ``jax.jvp`` over
+  ``jax.jvp``, or over ``jax.grad`` where an operation has no forward-mode
+  rule (``mode="auto"``); other modes in docs/modes.md.  On a quadratic with SGD the
   result is the Barzilai–Borwein step (the example below).
 
   **The rule.**  α comes from running means of the measured slopes and
@@ -609,10 +610,11 @@ def gen(
 
   Args:
     inner: the optimizer whose update is scaled, e.g. ``optax.adamw(1.0)``.
-    mode: how the loss along the line is measured:
-      ``"forward-over-reverse"`` (exact), ``"forward-over-forward"`` (exact,
-      cheaper, needs forward-mode rules), ``"probes"`` or ``"one-probe"``
-      (forward passes only); see docs/modes.md.
+    mode: how the loss along the line is measured: ``"auto"`` (exact:
+      forward-over-forward, or forward-over-reverse where an operation has
+      no forward-mode rule; :func:`auto_mode` tells which),
+      ``"forward-over-reverse"``, ``"forward-over-forward"``, ``"probes"``
+      or ``"one-probe"`` (forward passes only); see docs/modes.md.
     measure_along: ``"previous_step"`` (one batch suffices) or
       ``"current_update"`` (give ``value_fn`` an independent batch).
     slope_from: ``"value_fn"`` or ``"gradient"``: which slope the model takes.

@@ -19,7 +19,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-Mode = Literal["forward-over-reverse", "forward-over-forward", "probes", "one-probe"]
+Mode = Literal[
+  "auto", "forward-over-reverse", "forward-over-forward", "probes", "one-probe"
+]
 
 
 class LineMeasurement(NamedTuple):
@@ -145,26 +147,39 @@ def _result(loss: Any, slope: Any, curvature: Any, fit_r2: Any = 1) -> LineMeasu
   )
 
 
+def _forward_rule_missing(error: BaseException) -> bool:
+  """Whether ``error`` is JAX's for an operation without a forward-mode rule.
+
+  These are the errors JAX raises, at trace time, for ``jax.jvp`` of a
+  ``jax.custom_vjp`` function (``custom_lin`` once linearised; a TypeError in
+  older releases), of a primitive without a JVP rule, and of a
+  ``jax.pure_callback``; an error of the user's own code is none of them.
+  """
+  message = str(error)
+  if isinstance(error, NotImplementedError):
+    return message.startswith("Differentiation rule for ")
+  if isinstance(error, TypeError):
+    return "forward-mode autodiff (jvp) to a custom_vjp" in message
+  if isinstance(error, ValueError):
+    return "callbacks do not support JVP" in message
+  return False
+
+
 @contextlib.contextmanager
 def _forward_mode_errors(mode: str) -> Iterator[None]:
-  """Re-raises a missing forward-mode rule with the settings that avoid it.
-
-  ``jax.jvp`` of a ``jax.custom_vjp`` function raises ``TypeError``; ``jax.jvp``
-  of its linearisation raises ``NotImplementedError`` (``custom_lin``).
-  """
+  """Re-raises a missing forward-mode rule with the settings that avoid it."""
   try:
     yield
-  except (TypeError, NotImplementedError) as error:
-    message = str(error)
-    if not any(key in message for key in ("custom_vjp", "custom_lin", "jvp")):
+  except (TypeError, NotImplementedError, ValueError) as error:
+    if not _forward_rule_missing(error):
       raise
     raise type(error)(
       f"mode={mode!r} needs the forward-mode derivative of every operation in "
       "value_fn, and one has none (a jax.custom_vjp function?). Use "
-      "mode='forward-over-reverse' (exact, differentiates custom_vjp) or a "
-      "probe mode: mode='probes', or mode='one-probe' with slope_from='gradient' "
-      "(or the fused gen_optax.value_and_grad), which only evaluate value_fn. "
-      f"Original error: {message}"
+      "mode='auto' or mode='forward-over-reverse' (exact, differentiates "
+      "custom_vjp) or a probe mode: mode='probes', or mode='one-probe' with "
+      "slope_from='gradient' (or the fused gen_optax.value_and_grad), which only "
+      f"evaluate value_fn. Original error: {error}"
     ) from error
 
 
@@ -191,16 +206,94 @@ def _forward_over_reverse(value_fn, params, direction, **_):
   return _reverse(lambda p: (value_fn(p), None), params, direction)[3]
 
 
-def _forward_over_forward(value_fn, params, direction, *, loss, gradient, **_):
-  """``jax.jvp`` of ``jax.jvp``: f'(0) and f''(0) directly, no backward pass."""
-  del loss, gradient  # the same forward pass; XLA shares it with the gradient's
+def _second_order_jvp(value_fn, params, direction):
+  """``((f(0), f'(0)), (f'(0), f''(0)))`` by ``jax.jvp`` of ``jax.jvp``."""
 
   def value_and_slope(p):
     return jax.jvp(value_fn, (p,), (direction,))
 
+  return jax.jvp(value_and_slope, (params,), (direction,))
+
+
+def _forward_over_forward(value_fn, params, direction, *, loss, gradient, **_):
+  """``jax.jvp`` of ``jax.jvp``: f'(0) and f''(0) directly, no backward pass."""
+  del loss, gradient  # the same forward pass; XLA shares it with the gradient's
   with _forward_mode_errors("forward-over-forward"):
-    (loss, slope), (_, curvature) = jax.jvp(value_and_slope, (params,), (direction,))
+    (loss, slope), (_, curvature) = _second_order_jvp(value_fn, params, direction)
   return _result(loss, slope, curvature)
+
+
+def _primitive_names(jaxpr: Any) -> Iterator[str]:
+  """Names of the primitives of a (closed) jaxpr, its sub-jaxprs included."""
+  jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
+  for eqn in jaxpr.eqns:
+    yield eqn.primitive.name
+    for value in eqn.params.values():
+      for sub in value if isinstance(value, (tuple, list)) else (value,):
+        if hasattr(sub, "eqns") or hasattr(sub, "jaxpr"):
+          yield from _primitive_names(sub)
+
+
+def _exact_mode(value_fn, params, direction) -> Mode:
+  """The exact mode of ``"auto"``: forward-over-forward if it can run, else reverse.
+
+  Traces the second-order JVP to a jaxpr (trace time only, no effect on the
+  compiled step) and falls back on JAX's own errors for an operation without
+  a forward-mode rule (any other error is the user's and is raised), or when
+  the trace kept a ``custom_lin``: the linearised ``jax.custom_vjp`` that
+  forward mode cannot differentiate, which JAX only reports when lowering.
+  """
+  try:
+    jaxpr = jax.make_jaxpr(lambda p, d: _second_order_jvp(value_fn, p, d))(
+      params, direction
+    )
+  except (TypeError, NotImplementedError, ValueError) as error:
+    if not _forward_rule_missing(error):
+      raise
+    return "forward-over-reverse"
+  if "custom_lin" in _primitive_names(jaxpr):
+    return "forward-over-reverse"
+  return "forward-over-forward"
+
+
+def auto_mode(value_fn: Callable[[Any], jax.Array], params: Any) -> Mode:
+  """The exact mode that ``mode="auto"`` (the default) measures ``value_fn`` with.
+
+  ``"forward-over-forward"`` (``jax.jvp`` of ``jax.jvp``: no backward pass,
+  no stored activations) when every operation of ``value_fn`` has a
+  forward-mode rule, ``"forward-over-reverse"`` (``jax.jvp`` of
+  ``jax.grad``, which differentiates ``jax.custom_vjp``) otherwise.  The
+  choice is made at trace time from an abstract trace and costs nothing in
+  the compiled step; only JAX's own error for a missing forward-mode rule
+  selects the fallback.
+
+  Args:
+    value_fn: the loss, ``value_fn(params) -> scalar``.
+    params: a pytree of float arrays (only shapes and dtypes are read).
+
+  Returns:
+    ``"forward-over-forward"`` or ``"forward-over-reverse"``.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> import gen_optax
+    >>> gen_optax.auto_mode(lambda p: jnp.sum(jnp.tanh(p) ** 2), jnp.ones(3))
+    'forward-over-forward'
+    >>> @jax.custom_vjp
+    ... def clip_gradient(x):
+    ...   return x
+    >>> clip_gradient.defvjp(lambda x: (x, None),
+    ...                      lambda _, g: (jnp.clip(g, -1.0, 1.0),))
+    >>> gen_optax.auto_mode(lambda p: jnp.sum(clip_gradient(p) ** 2), jnp.ones(3))
+    'forward-over-reverse'
+  """
+  return _exact_mode(scalar_loss(value_fn, "value_fn"), params, params)
+
+
+def _auto(value_fn, params, direction, **kwargs):
+  """The cheaper exact mode that ``value_fn`` allows (see :func:`_exact_mode`)."""
+  mode = _exact_mode(value_fn, params, direction)
+  return MODES[mode](value_fn, params, direction, **kwargs)
 
 
 def _shift(params: Any, direction: Any, t: jax.Array) -> Any:
@@ -270,6 +363,7 @@ def _one_probe(value_fn, params, direction, *, step_size, loss, gradient, **_):
 
 
 MODES: dict[str, _Measure] = {
+  "auto": _auto,
   "forward-over-reverse": _forward_over_reverse,
   "forward-over-forward": _forward_over_forward,
   "probes": _probes,
@@ -300,7 +394,7 @@ def measure_line(
   params: Any,
   direction: Any,
   *,
-  mode: Mode = "forward-over-reverse",
+  mode: Mode = "auto",
   step_size: jax.typing.ArrayLike = 1.0,
   probe_multipliers: Sequence[float] = (-1.0, 0.0, 1.0),
   loss: jax.typing.ArrayLike | None = None,
@@ -313,6 +407,9 @@ def measure_line(
   :math:`f''(0) = d^\top \nabla^2 L(\theta)\, d`, the coefficients of the
   quadratic model that GeN minimises (Bu & Xu, 2025, eq. 3), by ``mode``:
 
+  * ``"auto"`` (default): ``"forward-over-forward"`` when every operation
+    has a forward-mode rule, else ``"forward-over-reverse"``, decided at
+    trace time (:func:`auto_mode`).
   * ``"forward-over-reverse"``: ``jax.jvp`` of ``jax.value_and_grad`` gives
     :math:`\nabla L` and the Hessian-vector product :math:`Hd` in one pass;
     then :math:`d^\top H d = \langle d, Hd \rangle`.  Exact; works for every
@@ -342,8 +439,8 @@ def measure_line(
     params: the point :math:`\theta`, any pytree of float arrays.
     direction: :math:`d`, a pytree with the structure of ``params`` (cast to
       its dtypes).
-    mode: one of ``"forward-over-reverse"``, ``"forward-over-forward"``,
-      ``"probes"``, ``"one-probe"``.
+    mode: one of ``"auto"``, ``"forward-over-reverse"``,
+      ``"forward-over-forward"``, ``"probes"``, ``"one-probe"``.
     step_size: :math:`h`, the probe step in units of ``direction`` (probe
       modes only).
     probe_multipliers: the :math:`s_i` of ``"probes"``: at least two distinct
@@ -399,7 +496,7 @@ def value_grad_and_line(
   direction: Any,
   *,
   has_aux: bool = False,
-  mode: Mode = "forward-over-reverse",
+  mode: Mode = "auto",
   step_size: jax.typing.ArrayLike = 1.0,
   probe_multipliers: Sequence[float] = (-1.0, 0.0, 1.0),
 ) -> tuple[Any, Any, LineMeasurement]:
@@ -427,6 +524,8 @@ def value_grad_and_line(
   def value_fn(p: Any) -> jax.Array:
     return fun_with_aux(p)[0]
 
+  if mode == "auto":
+    mode = _exact_mode(value_fn, params, direction)
   if mode == "forward-over-reverse":
     loss, aux, grads, measurement = _reverse(fun_with_aux, params, direction)
   else:
