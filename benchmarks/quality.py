@@ -53,6 +53,7 @@ import gen_optax
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from matplotlib.lines import Line2D
 
 GRID = np.logspace(-4, 0, 9)
 WARMUP_FRACTION = 0.05
@@ -372,64 +373,70 @@ def overall(rows: list[dict]) -> dict[str, Any]:
 
 
 def plot(problem: Problem, runs: dict, rows: list[dict], steps: int, out: Path) -> Path:
-  """Loss and α per seed (thin lines) for GeN, the best grid rates and top peers."""
-  fig, (ax_loss, ax_lr) = plt.subplots(1, 2, figsize=(13, 5))
+  """Loss and α per seed (thin lines) for GeN, the best grid rates and top peers.
+
+  One legend for both panels, below them, with thick opaque handles: the
+  seeds' lines are thin and faint, and a legend drawn with them cannot be
+  read at a page's width.
+  """
+  fig, (ax_loss, ax_lr) = plt.subplots(1, 2, figsize=(12, 6.5))
   window = max(1, steps // 40)
   peers = sorted((r for r in rows if r["family"] == "peer"), key=lambda r: r["rank"])
-  shown = [r for r in rows if r["family"] != "peer"] + peers[:3]
-  colors = dict(
-    zip([r["method"] for r in shown], plt.get_cmap("tab20").colors, strict=False)
+  shown = sorted(
+    [r for r in rows if r["family"] != "peer"] + peers[:3], key=lambda r: r["rank"]
   )
-  for row in sorted(shown, key=lambda r: r["rank"]):
+  tab20 = plt.get_cmap("tab20").colors  # dark and light pairs: the dark ones first
+  colors = dict(
+    zip([r["method"] for r in shown], tab20[0::2] + tab20[1::2], strict=False)
+  )
+  styles = {"gen": "-", "grid": "--", "peer": ":"}
+  for row in shown:
     r = runs[row["method"]]
     best = int(np.argmin(r["final"].mean(axis=0)))
-    style = {"gen": "-", "grid": "--", "peer": ":"}[row["family"]]
-    for seed, losses in enumerate(r["losses"][:, best]):
+    for losses in r["losses"][:, best]:
       curve = np.convolve(losses, np.ones(window) / window)[window - 1 : steps]
       ax_loss.semilogy(
         curve,
-        style,
+        styles[row["family"]],
         color=colors[row["method"]],
         linewidth=0.7,
         alpha=0.6,
-        label=f"{row['rank']}. {row['method']}" if seed == 0 else None,
       )
   t = np.arange(steps)
   lowest = np.inf
   for row in shown:
     r = runs[row["method"]]
     if row["family"] == "gen":
-      for seed, rate in enumerate(r["rates"][:, 0]):
+      for rate in r["rates"][:, 0]:
         lowest = min(lowest, np.nanmin(rate))
-        ax_lr.semilogy(
-          rate,
-          color=colors[row["method"]],
-          linewidth=0.7,
-          alpha=0.6,
-          label=row["method"] if seed == 0 else None,
-        )
+        ax_lr.semilogy(rate, color=colors[row["method"]], linewidth=0.7, alpha=0.6)
     elif row["family"] == "grid" and row["inner"] == "adamw":
       rate = row["best_lr"] * np.ones(steps)
       if row["schedule"] == "cosine":
         rate = np.asarray(jax.vmap(warmup_cosine(row["best_lr"], steps))(t))
-      ax_lr.semilogy(
-        t,
-        rate,
-        "--",
-        color=colors[row["method"]],
-        linewidth=2,
-        label=f"best {row['method']}",
-      )
+      ax_lr.semilogy(t, rate, "--", color=colors[row["method"]], linewidth=2)
   ax_lr.set_ylim(bottom=lowest / 10)  # the cosine's tail would squash the rest
   ax_loss.set(
     xlabel="step", ylabel="minibatch loss (moving mean), each seed", title=problem.name
   )
-  ax_loss.legend(fontsize=8, ncol=2)
   ax_lr.set(
-    xlabel="step", ylabel="learning rate", title="GeN's α, each seed; best AdamW rates"
+    xlabel="step",
+    ylabel="learning rate",
+    title="GeN's α, each seed (solid); the best AdamW rates (dashed)",
   )
-  ax_lr.legend(fontsize=8)
-  fig.tight_layout()
+  handles = [
+    Line2D(
+      [],
+      [],
+      linestyle=styles[row["family"]],
+      color=colors[row["method"]],
+      linewidth=2.5,
+      label=f"{row['rank']}. {row['method']}",
+    )
+    for row in shown
+  ]
+  fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=11, frameon=False)
+  fig.tight_layout(rect=(0, 0.2, 1, 1))
   path = out / f"quality-{problem.name}.png"
   fig.savefig(path, dpi=90)
   plt.close(fig)
