@@ -23,6 +23,12 @@ MLP shapes against a plain PyTorch Adam step; ``--torch`` adds the authors'
 package ``gen-optim`` (``lr_parabola``) the same way (``pip install -e
 ".[bench-torch]"``).  Both are timed in interleaved rounds in every run.
 
+The defaults (``mode="auto"``) next to the previous default, every step and
+every 8 steps with the static flag, in one sweep of their own: ``python
+benchmarks/overhead.py --modes auto forward-over-reverse --fused-modes auto
+forward-over-reverse --periods 1 --static-periods 8 --runs 3 --out
+benchmarks/results/overhead-defaults.json``.
+
 Run: ``python benchmarks/overhead.py --runs 3 --seed SEED --torch
 --out benchmarks/results/overhead-cpu.json`` (about 45 minutes on 2 CPU
 cores); ``--quick`` is the smoke test the suite runs.
@@ -46,8 +52,8 @@ from models import PROBLEMS, Problem, sample_batch
 
 import gen_optax
 
-MODES = ("forward-over-reverse", "forward-over-forward", "probes", "one-probe")
-FUSED_MODES = ("forward-over-reverse", "forward-over-forward")
+MODES = ("auto", "forward-over-reverse", "forward-over-forward", "probes", "one-probe")
+FUSED_MODES = ("auto", "forward-over-reverse", "forward-over-forward")
 CYCLE = 8  # a multiple of every refresh period
 NEVER = 0  # refresh_every of the "between refreshes" row: refresh=False always
 

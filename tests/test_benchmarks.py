@@ -172,7 +172,9 @@ def test_quality_smoke_run_is_complete(tmp_path):
 def test_docs_tables_are_rendered_from_saved_results():
   # docs/benchmarks.md cannot drift from benchmarks/results/*.json.
   docs = (ROOT / "docs" / "benchmarks.md").read_text()
-  blocks = report.BLOCK.findall(docs)
+  readme = (ROOT / "README.md").read_text()
+  # Every renderer is used, on this page or in the README.
+  blocks = report.BLOCK.findall(docs) + report.BLOCK.findall(readme)
   assert {name for _, name, _, _ in blocks} == set(report.RENDERERS)
   assert report.render_docs(docs) == docs, (
     "docs/benchmarks.md differs from the saved results: run "
@@ -183,7 +185,8 @@ def test_docs_tables_are_rendered_from_saved_results():
 def test_readme_results_are_rendered_from_saved_results():
   readme = (ROOT / "README.md").read_text()
   assert [name for _, name, _, _ in report.BLOCK.findall(readme)] == [
-    "quality.json#summary"
+    "quality.json#summary",
+    "overhead-defaults.json#readme",
   ]
   assert report.render_docs(readme) == readme, (
     "README.md differs from the saved results: run "
