@@ -27,11 +27,18 @@ BLOCK = re.compile(
 
 
 def _command(results: dict) -> str:
-  """The recorded command, with the seed project's folder written ``SEED``.
+  """The recorded command, quoted, with the seed project's folder as ``SEED``.
 
-  The folder is a path of the machine that ran it; the docs say what it is.
+  The folder is a path of the machine that ran it; the caption says what it is.
   """
-  return re.sub(r"(--seed(?:-project)?) \S+", r"\1 SEED", results["command"])
+  command = re.sub(r"(--seed(?:-project)?) \S+", r"\1 SEED", results["command"])
+  caption = " (SEED: the seed project's folder)" if "SEED" in command else ""
+  return f"`{command}`{caption}"
+
+
+def _result_file(name: str) -> str:
+  """The file a block renders: ``NAME.json#VIEW`` is a view of ``NAME.json``."""
+  return name.split("#")[0]
 
 
 def _spread(row: dict, key: str, digits: int = 2) -> str:
@@ -73,20 +80,15 @@ OVERHEAD_TARGETS = (
 )
 # The defaults (mode="auto") against the targets of the cheaper-defaults
 # issue, which differ by model.
+_DEFAULT_EVERY_STEP = {"mlp": 1.8, "cnn": 1.35, "transformer": 2.2}
 DEFAULT_TARGETS = (
-  (
-    "defaults (auto), value_fn, every step",
-    "gen auto",
-    1,
-    False,
-    {"mlp": 1.8, "cnn": 1.35, "transformer": 2.2},
-  ),
+  ("defaults (auto), value_fn, every step", "gen auto", 1, False, _DEFAULT_EVERY_STEP),
   (
     "defaults (auto), fused, every step",
     "gen auto fused",
     1,
     False,
-    {"mlp": 1.8, "cnn": 1.35, "transformer": 2.2},
+    _DEFAULT_EVERY_STEP,
   ),
   ("between refreshes", "gen, between refreshes", 0, True, 1.03),
 )
@@ -160,15 +162,13 @@ def overhead_defaults_line(results: dict) -> str:
     f" a step between refreshes {span('gen, between refreshes', 0, True)};"
     " the compiled memory of a refreshing step is"
     f" {span('gen auto', 1, False, 'memory_ratio')} the inner step's"
-    f" (`{_command(results)}`, median of {len(results['runs'])} runs)."
+    f" ({_command(results)}, median of {len(results['runs'])} runs)."
   )
 
 
 def overhead_table(results: dict, targets: tuple = OVERHEAD_TARGETS) -> str:
   lines = [
-    f"`{_command(results)}`"
-    + (" (SEED: the seed project's folder)" if "SEED" in _command(results) else "")
-    + f": device {results['device']}, jax {results['jax']},"
+    f"{_command(results)}: device {results['device']}, jax {results['jax']},"
     f" optax {results['optax']}; {len(results['runs'])} runs of {results['rounds']}"
     " interleaved rounds; median over runs (min–max).",
     "",
@@ -229,7 +229,7 @@ def quality_table(results: dict) -> str:
   seeds = sorted({p["seeds"] for p in problems.values()})
   factor = results["fail_factor"]
   lines = [
-    f"`{_command(results)}`: jax {results['jax']}, optax {results['optax']};"
+    f"{_command(results)}: jax {results['jax']}, optax {results['optax']};"
     f" {' or '.join(map(str, steps))} steps and {' or '.join(map(str, seeds))}"
     " seeds per problem.  A run (one seed) **fails** when its final training"
     f" loss is above its initial loss or more than {factor:g}x the median seed"
@@ -463,7 +463,7 @@ def seed_demo_table(results: dict) -> str:
   rows = results["rows"]
   seeds = list(dict.fromkeys(r["seed"] for r in rows))
   lines = [
-    f"`{_command(results)}` (SEED: the seed project's folder): jax"
+    f"{_command(results)}: jax"
     f" {results['jax']}, optax {results['optax']}, torch {results['torch']}."
     f" {results['problem']}.  Final MSE on all the data; seed 11 is the demo's"
     " own.",
@@ -497,7 +497,7 @@ def gpu_lm_table(results: dict | None) -> str:
       " CPU smoke run (`--size small`) is in the slow test tier."
     )
   lines = [
-    f"`{_command(results)}` on {results['device']}: jax {results['jax']}, optax"
+    f"{_command(results)} on {results['device']}: jax {results['jax']}, optax"
     f" {results['optax']}; model {results['model']}; corpus"
     f" {results['corpus_bytes'][0]:,} training and {results['corpus_bytes'][1]:,}"
     f" held-out bytes; {results['steps_per_method']} steps per method"
@@ -541,11 +541,8 @@ OPTIONAL = {"gpu-lm.json"}
 
 
 def render(name: str, folder: Path = RESULTS) -> str:
-  """The markdown block of one saved result file (``None`` where none is saved).
-
-  ``NAME.json#VIEW`` is another view of ``NAME.json``.
-  """
-  path = folder / name.split("#")[0]
+  """The markdown block of one saved result file (``None`` where none is saved)."""
+  path = folder / _result_file(name)
   if name in OPTIONAL and not path.exists():
     return RENDERERS[name](None)
   return RENDERERS[name](json.loads(path.read_text()))
@@ -571,7 +568,7 @@ def main() -> None:
     args.write.write_text(render_docs(args.write.read_text(), args.results))
     return
   for name in RENDERERS:
-    if (args.results / name.split("#")[0]).exists():
+    if (args.results / _result_file(name)).exists():
       print(f"### {name}\n\n{render(name, args.results)}\n")
 
 
