@@ -248,9 +248,10 @@ def evaluator(size: Size) -> Callable[[Any, np.ndarray], float]:
   """Mean loss over a stack of batches, one jitted forward shared by every method.
 
   Defined once so that it compiles once (every method has the same model);
-  the planner's warm-up pays that compilation, not the run.
+  the planner's warm-up pays that compilation, not the run.  The model's
+  structure comes from an abstract model (no parameters are initialised).
   """
-  graphdef = nnx.split(TransformerLM(size, nnx.Rngs(0)))[0]
+  graphdef = nnx.split(nnx.eval_shape(lambda: TransformerLM(size, nnx.Rngs(0))))[0]
 
   @jax.jit
   def loss(params, tokens):
