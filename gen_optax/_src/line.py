@@ -264,8 +264,9 @@ def auto_mode(value_fn: Callable[[Any], jax.Array], params: Any) -> Mode:
   forward-mode rule, ``"forward-over-reverse"`` (``jax.jvp`` of
   ``jax.grad``, which differentiates ``jax.custom_vjp``) otherwise.  The
   choice is made at trace time from an abstract trace and costs nothing in
-  the compiled step; only JAX's own error for a missing forward-mode rule
-  selects the fallback.
+  the compiled step; the fallback is selected only by JAX's own error for a
+  missing forward-mode rule, or by a linearised ``jax.custom_vjp``
+  (``custom_lin``) left in that trace, which JAX refuses only when lowering.
 
   Args:
     value_fn: the loss, ``value_fn(params) -> scalar``.
