@@ -28,6 +28,11 @@ def x64() -> Iterator[None]:
     yield
 
 
+def bitwise_equal(a: Any, b: Any) -> bool:
+  """Whether two pytrees have the same structure and bit-identical leaves."""
+  return jax.tree.all(jax.tree.map(lambda x, y: bool(jnp.array_equal(x, y)), a, b))
+
+
 def spd_matrix(n: int, seed: int = 0, condition: float = 10.0) -> np.ndarray:
   """A random symmetric positive-definite matrix with the given condition number."""
   rng = np.random.default_rng(seed)

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import tanh_mlp
+from conftest import bitwise_equal, tanh_mlp
 from flax import nnx
 
 import gen_optax
@@ -88,8 +88,7 @@ def test_auto_chooses_and_equals_the_explicit_mode(case):
   assert gen_optax.auto_mode(loss, params) == expected
   auto, explicit = _train(loss, params, "auto"), _train(loss, params, expected)
   # Bit for bit: "auto" traces the explicit mode's measurement itself.
-  chex_equal = jax.tree.map(np.array_equal, auto, explicit)
-  assert all(jax.tree.leaves(chex_equal))
+  assert bitwise_equal(auto, explicit)
   # ... and it measured something: α left its initial value.
   assert gen_optax.learning_rate(auto[1]) != 1e-3
 
@@ -103,7 +102,7 @@ def test_auto_in_the_fused_step_equals_the_explicit_mode():
       _, state = tx.update(jax.grad(loss)(params), state, params, value_fn=loss)
       fused = jax.jit(gen_optax.value_and_grad(loss, mode=mode))
       lines.append(fused(jax.tree.map(lambda p: p * 0.9, params), state)[1])
-    assert all(jax.tree.leaves(jax.tree.map(np.array_equal, *lines)))
+    assert bitwise_equal(*lines)
 
 
 def test_the_fallback_measures_the_custom_gradient_exactly():
@@ -179,7 +178,7 @@ def test_nnx_model_with_batchnorm_and_dropout_in_eval_mode_uses_the_fast_path(re
       nnx.state(model, nnx.Param),
       nnx.state(model, nnx.BatchStat),  # unchanged by the eval-mode measurement
     )
-  assert all(jax.tree.leaves(jax.tree.map(np.array_equal, rates["auto"], rates[FOF])))
+  assert bitwise_equal(rates["auto"], rates[FOF])
 
 
 def test_linen_model_uses_the_fast_path():
@@ -194,4 +193,4 @@ def test_linen_model_uses_the_fast_path():
   loss = lambda p: jnp.mean(model.apply({"params": p}, x) ** 2)  # noqa: E731
   assert gen_optax.auto_mode(loss, params) == FOF
   auto, explicit = _train(loss, params, "auto"), _train(loss, params, FOF)
-  assert all(jax.tree.leaves(jax.tree.map(np.array_equal, auto, explicit)))
+  assert bitwise_equal(auto, explicit)

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import optax
 import orbax.checkpoint as ocp
 import pytest
+from conftest import bitwise_equal
 from flax import nnx
 
 import gen_optax
@@ -34,10 +35,6 @@ def _tx():
   )
 
 
-def _bitwise_equal(a, b):
-  return jax.tree.all(jax.tree.map(lambda x, y: bool(jnp.array_equal(x, y)), a, b))
-
-
 def test_orbax_checkpoint_resume_is_bitwise(tmp_path):
   params, loss = _problem()
   tx = _tx()
@@ -62,10 +59,10 @@ def test_orbax_checkpoint_resume_is_bitwise(tmp_path):
   abstract = jax.eval_shape(lambda: {"params": params, "opt": tx.init(params)})
   restored = checkpointer.restore(tmp_path / "step5", abstract)
   assert isinstance(restored["opt"], gen_optax.GeNState)
-  assert _bitwise_equal(restored["opt"], first_half[1])
+  assert bitwise_equal(restored["opt"], first_half[1])
   resumed = run(restored["params"], restored["opt"], 5, 10)
 
-  assert _bitwise_equal(resumed, straight)
+  assert bitwise_equal(resumed, straight)
   assert int(resumed[1].info.num_refreshes) == 5
 
 
@@ -118,5 +115,5 @@ def test_nnx_optimizer_state_roundtrips_through_flax_serialization():
   for i in range(4, 8):
     train_step(model, optimizer, i % 4)
 
-  assert _bitwise_equal(nnx.state((model, optimizer)), straight)
+  assert bitwise_equal(nnx.state((model, optimizer)), straight)
   assert int(gen_optax.find_state(nnx.as_pure(optimizer.opt_state)).count) == 8
