@@ -1,8 +1,7 @@
 """Bad input at the API boundary: each case raises an error naming the argument.
 
-One table for ``gen``'s update call and for the helpers (the construction
-arguments of ``gen`` have their own tables in ``test_gen.py`` and
-``test_probes.py``).  Every error is raised at trace time, from static
+One table for ``gen``'s construction arguments, one for its update call
+and the helpers.  Every error is raised at trace time, from static
 structure, shape and dtype: nothing raises inside traced code.
 """
 
@@ -21,6 +20,56 @@ PARAMS = {"w": jnp.ones(3)}
 
 def _loss(p):
   return jnp.sum(p["w"] ** 2)
+
+
+# gen's construction arguments: (arguments, error, what the message names).
+GEN_ARGUMENTS = [
+  (dict(min_learning_rate=-1e-3), ValueError, "min_learning_rate=-0.001"),
+  (dict(min_learning_rate=0.0), ValueError, "min_learning_rate=0.0"),
+  (dict(max_learning_rate=-1.0), ValueError, "max_learning_rate=-1.0"),
+  (
+    dict(min_learning_rate=0.5, max_learning_rate=0.1, init_learning_rate=0.2),
+    ValueError,
+    "min_learning_rate=0.5",
+  ),
+  (dict(init_learning_rate=5.0), ValueError, "init_learning_rate=5.0"),
+  (dict(smoothing=1.0), ValueError, "smoothing=1.0"),
+  (dict(smoothing=-0.1), ValueError, "smoothing=-0.1"),
+  (dict(trust_ratio=0.5), ValueError, "trust_ratio=0.5"),
+  (dict(warmup_growth=1.0), ValueError, "warmup_growth=1.0"),
+  (dict(max_growth=0.9), ValueError, "max_growth=0.9"),
+  (dict(mode="newton"), ValueError, "mode='newton'"),
+  (dict(slope_from="batch"), ValueError, "slope_from='batch'"),
+  (dict(refresh_every=0), ValueError, "refresh_every=0"),
+  (dict(refresh_every=2.0), TypeError, "refresh_every=2.0"),
+  (dict(max_learning_rate="big"), TypeError, "max_learning_rate='big'"),
+  (dict(multiplier=-0.5), ValueError, "multiplier=-0.5"),
+  (dict(multiplier="cosine"), TypeError, "multiplier='cosine'"),
+  (dict(warmup_growth=2.0, trust_ratio=2.0), ValueError, "warmup_growth=2.0 >="),
+  (dict(axis_name=3), TypeError, "axis_name=3"),
+  (dict(measure_along="next"), ValueError, "measure_along='next'"),
+  (dict(smoothing=None), TypeError, "smoothing=None"),
+  (dict(total_steps=0), ValueError, "total_steps=0"),
+  (dict(total_steps=2.5), TypeError, "total_steps=2.5"),
+  (dict(step_dtype=jnp.int32), TypeError, "step_dtype="),
+  (
+    dict(mode="probes", probe_multipliers=(0.0, 1.0)),
+    ValueError,
+    r"probe_multipliers=\(0.0, 1.0\)",
+  ),
+  (
+    dict(mode="probes", probe_multipliers=(1.0, 1.0, 0.0)),
+    ValueError,
+    "at least two distinct",
+  ),
+  (dict(mode="probes", min_r2=1.5), ValueError, "min_r2=1.5"),
+]
+
+
+@pytest.mark.parametrize(("kwargs", "error", "match"), GEN_ARGUMENTS)
+def test_bad_gen_argument_raises_naming_it(kwargs, error, match):
+  with pytest.raises(error, match=match):
+    gen_optax.gen(optax.adam(1.0), **kwargs)
 
 
 def _update(**overrides) -> Callable[[], object]:

@@ -246,19 +246,6 @@ def test_probe_modes_work_on_a_custom_vjp_model():
     tx.update(jax.grad(loss)(params), tx.init(params), params, value_fn=loss)
 
 
-@pytest.mark.parametrize(
-  ("kwargs", "match"),
-  [
-    (dict(probe_multipliers=(0.0, 1.0)), r"probe_multipliers=\(0.0, 1.0\)"),
-    (dict(probe_multipliers=(1.0, 1.0, 0.0)), "at least two distinct"),
-    (dict(min_r2=1.5), "min_r2=1.5"),
-  ],
-)
-def test_bad_probe_settings_raise(kwargs, match):
-  with pytest.raises(ValueError, match=match):
-    gen_optax.gen(optax.sgd(1.0), mode="probes", **kwargs)
-
-
 def test_one_probe_with_the_gradient_slope_promotes_a_float16_loss():
   """L(θ+hd) − L − h·L' over h² underflows in float16: it must not be float16.
 

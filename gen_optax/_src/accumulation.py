@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from gen_optax._src import gen as gen_lib
+from gen_optax._src.checks import check_transformation
 
 
 class MultiStepsState(NamedTuple):
@@ -63,12 +63,8 @@ def multi_steps(
     ...   print(params.round(4))
     [0. 0.]
     [1. 1.]
-
-  References:
-    Bu & Xu, *Gradient descent with generalized Newton's method*, ICLR 2025,
-    https://arxiv.org/abs/2407.02772
   """
-  gen_lib.check_transformation(tx, "tx", "gen_optax.gen(...)")
+  check_transformation(tx, "tx", "gen_optax.gen(...)")
   if isinstance(every_k, bool) or not isinstance(every_k, int):
     raise TypeError(f"every_k must be an int, got every_k={every_k!r}.")
   if every_k < 1:

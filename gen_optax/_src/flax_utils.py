@@ -75,10 +75,6 @@ def nnx_value_fn(
     >>> losses = [float(train_step(model, optimizer, x, y)) for _ in range(3)]
     >>> losses[-1] < losses[0]
     True
-
-  References:
-    Bu & Xu, *Gradient descent with generalized Newton's method*, ICLR 2025,
-    https://arxiv.org/abs/2407.02772
   """
   from flax import nnx  # optional dependency
 
@@ -139,11 +135,13 @@ def nnx_value_and_grad(
     >>> import jax.numpy as jnp, optax
     >>> from flax import nnx
     >>> import gen_optax
+    >>> def loss_fn(model, x, y):
+    ...   return jnp.mean((model(x) - y) ** 2)
     >>> model = nnx.Linear(2, 1, rngs=nnx.Rngs(0))
-    >>> optimizer = nnx.Optimizer(
-    ...     model, gen_optax.gen(optax.adam(1.0)), wrt=nnx.Param)
-    >>> x, y = jnp.ones((4, 2)), jnp.zeros((4, 1))
-    >>> loss_fn = lambda m, x, y: jnp.mean((m(x) - y) ** 2)
+    >>> tx = gen_optax.gen(optax.adam(1.0))
+    >>> optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    >>> x = jnp.ones((4, 2))
+    >>> y = jnp.zeros((4, 1))
     >>> @nnx.jit
     ... def train_step(model, optimizer, x, y):
     ...   (loss, grads), line = gen_optax.nnx_value_and_grad(loss_fn)(
@@ -153,10 +151,6 @@ def nnx_value_and_grad(
     >>> losses = [float(train_step(model, optimizer, x, y)) for _ in range(3)]
     >>> losses[-1] < losses[0]
     True
-
-  References:
-    Bu & Xu, *Gradient descent with generalized Newton's method*, ICLR 2025,
-    https://arxiv.org/abs/2407.02772
   """
   from flax import nnx  # optional dependency
 
@@ -243,10 +237,6 @@ def linen_apply_gradients(state: Any, *, grads: Any, **extra_args: Any) -> Any:
     ...     state, grads=jax.grad(loss)(state.params), value_fn=loss)
     >>> int(new.step), bool(loss(new.params) < loss(state.params))
     (1, True)
-
-  References:
-    Bu & Xu, *Gradient descent with generalized Newton's method*, ICLR 2025,
-    https://arxiv.org/abs/2407.02772
   """
   updates, opt_state = state.tx.update(
     grads, state.opt_state, state.params, **extra_args

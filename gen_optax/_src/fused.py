@@ -7,8 +7,9 @@ import jax
 import optax
 
 from gen_optax._src import line as line_lib
-from gen_optax._src.gen import find_state
+from gen_optax._src.checks import scalar_loss
 from gen_optax._src.line import LineMeasurement, Mode
+from gen_optax._src.state import find_state
 
 __all__ = ("previous_step", "value_and_grad")
 
@@ -114,13 +115,9 @@ def value_and_grad(
     >>> print(jnp.allclose(line.curvature, 2 * d @ d),
     ...       jnp.allclose(line.slope, grads @ d))
     True True
-
-  References:
-    Bu & Xu, *Gradient descent with generalized Newton's method*, ICLR 2025,
-    https://arxiv.org/abs/2407.02772
   """
   validate_settings(mode, probe_multipliers, refresh)
-  fun = line_lib.scalar_loss(fun, "fun", has_aux)
+  fun = scalar_loss(fun, "fun", has_aux)
 
   def value_grad_and_line(
     params: Any, opt_state: optax.OptState, *args: Any, **kwargs: Any

@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gen_optax._src.checks import check_like, check_range, scalar_loss
+
 Mode = Literal[
   "auto", "forward-over-reverse", "forward-over-forward", "probes", "one-probe"
 ]
@@ -68,70 +70,6 @@ def tree_vdot(x: Any, y: Any, dtype: jnp.dtype) -> jax.Array:
   """
   products = jax.tree.map(lambda a, b: jnp.sum(a.astype(dtype) * b.astype(dtype)), x, y)
   return jnp.asarray(sum(jax.tree.leaves(products), jnp.zeros((), dtype)), dtype)
-
-
-def check_like(tree: Any, name: str, like: Any, like_name: str) -> None:
-  """Raises ValueError unless ``tree`` has the structure and shapes of ``like``.
-
-  Checked at trace time (structures and shapes are static), so a mismatch
-  names the arguments instead of surfacing as a broadcasting error.
-  """
-  tree_structure, like_structure = jax.tree.structure(tree), jax.tree.structure(like)
-  if tree_structure != like_structure:  # type: ignore[operator]
-    raise ValueError(
-      f"{name} must have the tree structure of {like_name}: got {tree_structure} "
-      f"for {name} and {like_structure} for {like_name}."
-    )
-  for (path, a), b in zip(
-    jax.tree_util.tree_flatten_with_path(tree)[0], jax.tree.leaves(like), strict=True
-  ):
-    if jnp.shape(a) != jnp.shape(b):
-      raise ValueError(
-        f"{name}{jax.tree_util.keystr(path)} has shape {jnp.shape(a)}, but "
-        f"{like_name}{jax.tree_util.keystr(path)} has shape {jnp.shape(b)}."
-      )
-
-
-def check_floating(params: Any, name: str = "params") -> None:
-  """Raises TypeError for a leaf that is not floating point (GeN moves every leaf).
-
-  Freeze integer leaves outside the optimized tree (or with ``optax.masked``
-  inside ``gen``'s inner optimizer).
-  """
-  for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
-    if not jnp.issubdtype(jnp.result_type(leaf), jnp.floating):
-      raise TypeError(
-        f"{name}{jax.tree_util.keystr(path)} has dtype {jnp.result_type(leaf)}: "
-        "gen steps every leaf by α·u, which needs floating-point parameters."
-      )
-
-
-def scalar_loss(fun: Callable[..., Any], name: str, has_aux: bool = False) -> Callable:
-  """``fun`` checked to return a real scalar (and aux if ``has_aux``) when traced.
-
-  The check runs on the traced output's static shape and dtype: no extra
-  trace, no run-time cost.
-  """
-  if not callable(fun):
-    raise TypeError(f"{name} must be callable, got {name}={fun!r}.")
-
-  def checked(*args: Any, **kwargs: Any) -> Any:
-    out = fun(*args, **kwargs)
-    if has_aux and not (isinstance(out, tuple) and len(out) == 2):
-      raise TypeError(
-        f"{name} has has_aux=True, so it must return a pair (loss, aux), got "
-        f"{type(out).__name__}."
-      )
-    loss = out[0] if has_aux else out
-    shape, dtype = jnp.shape(loss), jnp.result_type(loss)
-    if shape != () or not jnp.issubdtype(dtype, jnp.floating):
-      raise TypeError(
-        f"{name} must return a real scalar loss, got an array of shape {shape} "
-        f"and dtype {dtype} (average over the batch, e.g. jnp.mean)."
-      )
-    return out
-
-  return checked
 
 
 def cast_like(tree: Any, like: Any) -> Any:
@@ -372,8 +310,10 @@ MODES: dict[str, _Measure] = {
 }
 
 
-def validate_mode(mode: Any, probe_multipliers: Sequence[float]) -> None:
-  """Raises ValueError/TypeError naming a bad ``mode`` or ``probe_multipliers``."""
+def validate_mode(
+  mode: Any, probe_multipliers: Sequence[float], min_r2: Any = None
+) -> None:
+  """Raises ValueError/TypeError naming a bad mode, probe set or R² gate."""
   if mode not in MODES:
     raise ValueError(f"mode must be one of {tuple(MODES)}, got mode={mode!r}.")
   try:
@@ -388,6 +328,7 @@ def validate_mode(mode: Any, probe_multipliers: Sequence[float]) -> None:
       "probe_multipliers need at least two distinct non-zero values, "
       f"got probe_multipliers={probe_multipliers!r}."
     )
+  check_range("min_r2", min_r2, lambda r2: r2 <= 1, "be <= 1 or None")
 
 
 def measure_line(
@@ -473,10 +414,6 @@ def measure_line(
     ...                            step_size=0.1)
     >>> [round(float(v), 4) for v in m]
     [2.0, -4.0, 4.0, 1.0]
-
-  References:
-    Bu & Xu, *Gradient descent with generalized Newton's method*, ICLR 2025,
-    https://arxiv.org/abs/2407.02772
   """
   validate_mode(mode, probe_multipliers)
   check_like(direction, "direction", params, "params")

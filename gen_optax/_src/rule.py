@@ -15,6 +15,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from gen_optax._src.checks import as_number, check_range
+
 # Refreshes of recent evidence: the window of the fast means, which decide
 # whether the recent steps overshoot (a few refreshes, short against the slow
 # means' 1 / (1 - smoothing) = 50).
@@ -35,9 +37,9 @@ class Status(enum.IntEnum):
   """Outcome of the last learning-rate refresh, stored in ``GeNInfo.status``.
 
   ``ACCEPTED`` and ``OVERSHOOT`` set α from the measurements; ``LOSS_SPIKE``
-  cuts it; every other outcome keeps it.  The first three and ``POOR_FIT``
-  discard the measurement; ``NOT_DESCENT`` and ``NON_POSITIVE_CURVATURE``
-  describe the running means, which include it.
+  cuts it; every other outcome keeps it.  The first three, ``POOR_FIT`` and
+  ``STALE_STEP`` discard the measurement; ``NOT_DESCENT`` and
+  ``NON_POSITIVE_CURVATURE`` describe the running means, which include it.
   """
 
   ACCEPTED = 0  #: the running means set α.
@@ -53,6 +55,10 @@ class Status(enum.IntEnum):
   #: the loss jumped far above its running level: α was cut by the trust
   #: ratio, and the step that led there was taken back.
   LOSS_SPIKE = 8
+  #: a refresh off ``refresh_every``'s schedule (a static ``refresh=True``):
+  #: the stored step is not the last step, which the steps in between do
+  #: not store.
+  STALE_STEP = 9
 
   def __str__(self) -> str:
     return self.name
@@ -68,6 +74,54 @@ class RuleSettings(NamedTuple):
   trust_ratio: float | None
   warmup_growth: float | None
   max_growth: float | None  # None: only the trust ratio bounds growth
+
+
+def check_settings(settings: RuleSettings) -> None:
+  """Raises ValueError/TypeError naming the first bad setting of the rule."""
+  low, high, init = (
+    as_number(name, getattr(settings, name))
+    for name in ("min_learning_rate", "max_learning_rate", "init_learning_rate")
+  )
+  check_range(
+    "min_learning_rate", settings.min_learning_rate, lambda x: x > 0, "be > 0"
+  )
+  check_range(
+    "max_learning_rate", settings.max_learning_rate, lambda x: x > 0, "be > 0"
+  )
+  if low is not None and high is not None and low > high:
+    raise ValueError(
+      "min_learning_rate must be <= max_learning_rate, got "
+      f"min_learning_rate={settings.min_learning_rate!r} > "
+      f"max_learning_rate={settings.max_learning_rate!r}."
+    )
+  if init is not None and not (
+    (low is None or init >= low) and (high is None or init <= high)
+  ):
+    raise ValueError(
+      "init_learning_rate must lie in [min_learning_rate, max_learning_rate] = "
+      f"[{settings.min_learning_rate!r}, {settings.max_learning_rate!r}], "
+      f"got init_learning_rate={settings.init_learning_rate!r}."
+    )
+  if settings.smoothing is None:
+    raise TypeError(
+      "smoothing must be a number in [0, 1): smoothing=None (the weight that "
+      "followed the noise) was removed, see the CHANGELOG; got smoothing=None."
+    )
+  check_range("smoothing", settings.smoothing, lambda g: 0 <= g < 1, "lie in [0, 1)")
+  rho, growth = settings.trust_ratio, settings.warmup_growth
+  check_range("trust_ratio", rho, lambda r: r >= 1, "be >= 1 or None")
+  check_range("warmup_growth", growth, lambda g: g > 1, "be > 1 or None")
+  rho = None if rho is None else as_number("trust_ratio", rho)
+  growth = None if growth is None else as_number("warmup_growth", growth)
+  if rho is not None and growth is not None and not growth < rho:
+    # The first accepted estimate may exceed the cap α₀gⁿ by at most ρ: with
+    # g ≥ ρ the cap never binds, and the warm-up would end at once.
+    raise ValueError(
+      "warmup_growth must be < trust_ratio (or one of them None), got "
+      f"warmup_growth={settings.warmup_growth!r} >= "
+      f"trust_ratio={settings.trust_ratio!r}."
+    )
+  check_range("max_growth", settings.max_growth, lambda r: r >= 1, "be >= 1 or None")
 
 
 class Measurement(NamedTuple):
