@@ -12,7 +12,7 @@ constant and the best warm-up + cosine rate of the same inner optimizer saved in
 ``--out FILE`` saves every row as JSON (screens quoted in docs/method.md are
 saved under ``benchmarks/results/screens/``).
 
-Run: ``python benchmarks/gen_settings.py --settings '{"smoothing": 0.95}'``;
+Run: ``python -m benchmarks.gen_settings --settings '{"smoothing": 0.95}'``;
 a number for ``multiplier`` stands for a constant schedule, ``"cosine"``
 for a cosine decay over the run, and ``"total_steps": "run"`` for each
 problem's own length.  ``--rule`` overrides constants of the rule module
@@ -25,9 +25,9 @@ from pathlib import Path
 
 import numpy as np
 import optax
-import quality
-from quality_problems import PROBLEMS, SPLIT
 
+from benchmarks import quality
+from benchmarks.quality_problems import QUALITY_PROBLEMS, SPLIT
 from gen_optax._src import gen as gen_lib
 from gen_optax._src import rule as rule_lib
 
@@ -48,7 +48,7 @@ def main() -> None:
     "--loops", nargs="+", default=list(quality.LOOPS), choices=quality.LOOPS
   )
   parser.add_argument("--split", choices=[*SPLIT, "all"], default="select")
-  parser.add_argument("--problems", nargs="+", default=None, choices=PROBLEMS)
+  parser.add_argument("--problems", nargs="+", default=None, choices=QUALITY_PROBLEMS)
   parser.add_argument(
     "--seeds", type=int, default=None, help="default: as quality.py (3, 5 if long)"
   )
@@ -61,7 +61,7 @@ def main() -> None:
   parser.add_argument("--out", type=Path, default=None, help="save the rows as JSON")
   args = parser.parse_args()
   names = args.problems or (
-    list(PROBLEMS) if args.split == "all" else list(SPLIT[args.split])
+    list(QUALITY_PROBLEMS) if args.split == "all" else list(SPLIT[args.split])
   )
   saved = json.loads(args.grids.read_text())
   best = {
@@ -77,7 +77,7 @@ def main() -> None:
     setattr(gen_lib if module == "gen" else rule_lib, attribute, value)
   rows = []
   for name in names:
-    problem = PROBLEMS[name]()
+    problem = QUALITY_PROBLEMS[name]()
     steps = args.steps or problem.steps
     settings = dict(args.settings)
     if isinstance(settings.get("multiplier"), int | float):

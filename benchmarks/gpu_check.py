@@ -7,7 +7,7 @@ at once, a data-parallel ``jax.jit`` run and a ``shard_map`` run with
 ``axis_name``, with their α against the single-device α.  Runs on CPU too
 (``XLA_FLAGS=--xla_force_host_platform_device_count=8`` gives 8 devices).
 
-Run: ``python benchmarks/gpu_check.py`` (under 3 minutes).
+Run: ``python -m benchmarks.gpu_check`` (under 3 minutes).
 """
 
 import functools
@@ -19,10 +19,10 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
-from models import PROBLEMS
-from overhead import FUSED_MODES, configs_for, prepare, time_problem
 
 import gen_optax
+from benchmarks.models import TIMED_MODELS
+from benchmarks.overhead import FUSED_MODES, configs_for, prepare, time_problem
 
 
 def loss(params, x, y):
@@ -124,7 +124,7 @@ def main() -> None:
     f" {'mem MB':>9} {'mem x':>6}"
   )
   for name in ("mlp", "transformer"):
-    problem = PROBLEMS[name]()
+    problem = TIMED_MODELS[name]()
     params = problem.init(jax.random.key(0))
     time_problem(problem, configs, prepare(problem, params, configs), rounds=3)
 

@@ -24,9 +24,9 @@ held-out loss (8 held-out batches), the step time as a ratio to the AdamW
 step (median of the timed steps), α over the run for GeN, the compiled
 memory of a step; JSON with the command and the device, and a figure.
 
-Run: ``python benchmarks/gpu_lm.py --size gpt2-small --budget-seconds 420
+Run: ``python -m benchmarks.gpu_lm --size gpt2-small --budget-seconds 420
 --out benchmarks/results/gpu-lm.json`` on a device (about 8 minutes);
-``python benchmarks/gpu_lm.py --size small --steps 30`` on a CPU.
+``python -m benchmarks.gpu_lm --size small --steps 30`` on a CPU.
 """
 
 import argparse
@@ -426,7 +426,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     r["step_ratio"] = r["step_seconds"] / reference["step_seconds"]
   device = jax.devices()[0]
   record = {
-    "command": "python benchmarks/gpu_lm.py " + " ".join(argv or sys.argv[1:]),
+    "command": "python -m benchmarks.gpu_lm " + " ".join(argv or sys.argv[1:]),
     "device": f"{device.platform} ({device.device_kind}), {jax.device_count()} devices",
     "jax": jax.__version__,
     "optax": optax.__version__,

@@ -156,7 +156,7 @@ def transformer(batch_size: int = 16, length: int = 128) -> Problem:
   return _timing("transformer", "2-layer character LM", module, data, batch_size)
 
 
-PROBLEMS: dict[str, Callable[[], Problem]] = {
+TIMED_MODELS: dict[str, Callable[[], Problem]] = {
   "mlp": mlp,
   "cnn": cnn,
   "transformer": transformer,

@@ -4,7 +4,7 @@ For each model (MLP 784-512-512-10 at batch 256, a small CNN, a small
 transformer LM) it times the jitted inner step (value_and_grad + adam) and the
 GeN step of each mode refreshing every 1, 4 and 8 steps, with ``lax.cond``
 (``refresh_every``) and with the static ``refresh`` flag ('s': two compiled
-steps, no ``cond``), plus a step between refreshes.  GeN measures along the
+steps, no ``cond``), plus steps between refreshes.  GeN measures along the
 previous step on the gradient's own batch, either through ``value_fn`` (its
 own ``jax.jvp``, which XLA may or may not merge with the gradient pass) or
 fused with the gradient by ``gen_optax.value_and_grad`` ("fused" rows).
@@ -29,7 +29,7 @@ benchmarks/overhead.py --modes auto forward-over-reverse --fused-modes auto
 forward-over-reverse --periods 1 --static-periods 8 --runs 3 --out
 benchmarks/results/overhead-defaults.json``.
 
-Run: ``python benchmarks/overhead.py --runs 3 --seed SEED --torch
+Run: ``python -m benchmarks.overhead --runs 3 --seed SEED --torch
 --out benchmarks/results/overhead-cpu.json`` (about 45 minutes on 2 CPU
 cores); ``--quick`` is the smoke test the suite runs.
 """
@@ -48,9 +48,9 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 import optax
-from models import PROBLEMS, Problem, sample_batch
 
 import gen_optax
+from benchmarks.models import TIMED_MODELS, Problem, sample_batch
 
 MODES = ("auto", "forward-over-reverse", "forward-over-forward", "probes", "one-probe")
 FUSED_MODES = ("auto", "forward-over-reverse", "forward-over-forward")
@@ -177,7 +177,23 @@ def time_problem(
 def configs_for(modes, periods, static_periods, fused_modes) -> list[Config]:
   configs = [
     Config("adam (inner step)", None, False, optax.adam(1e-3)),
+    # Steps that do not refresh: a static loop on refresh_every=1 (every
+    # step stores itself: the next may refresh), a loop on refresh_every=8
+    # (only the step before a refresh stores itself; the cycle holds one)
+    # and, as the floor, a GeN that stores no step (along the current update).
     Config("gen, between refreshes", NEVER, True, gen_optax.gen(optax.adam(1.0))),
+    Config(
+      "gen, between scheduled refreshes",
+      NEVER,
+      True,
+      gen_optax.gen(optax.adam(1.0), refresh_every=CYCLE),
+    ),
+    Config(
+      "gen current_update, between refreshes",
+      NEVER,
+      True,
+      gen_optax.gen(optax.adam(1.0), measure_along="current_update"),
+    ),
   ]
   timed = [(k, False) for k in periods] + [(k, True) for k in static_periods]
   for mode in modes:
@@ -247,6 +263,7 @@ def torch_steps(seed: Path | None, gen_optim: bool) -> dict[str, Callable[[], fl
 
   steps = {"torch adam": timed(plain)}
   if seed is not None:
+    # The seed project is a folder of sources, not an installed package.
     sys.path.insert(0, str(seed))
     from src.generalized_newtons_method import ExactGen, make_gen_optimizer
 
@@ -319,7 +336,9 @@ def summarize_torch(runs: list[dict[str, float]]) -> dict[str, list[float]]:
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--models", nargs="+", default=list(PROBLEMS), choices=PROBLEMS)
+  parser.add_argument(
+    "--models", nargs="+", default=list(TIMED_MODELS), choices=TIMED_MODELS
+  )
   parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
   parser.add_argument("--fused-modes", nargs="*", default=list(FUSED_MODES))
   parser.add_argument("--periods", nargs="+", type=int, default=[1, 4, 8])
@@ -354,7 +373,7 @@ def main() -> None:
   configs = configs_for(args.modes, args.periods, args.static_periods, args.fused_modes)
   problems = []
   for name in args.models:
-    problem = PROBLEMS[name]()
+    problem = TIMED_MODELS[name]()
     if args.quick:
       problem = problem._replace(batch_size=8)
     params = problem.init(jax.random.key(0))
@@ -375,7 +394,7 @@ def main() -> None:
       for key, value in torch_runs[-1].items():
         print(f"{key:42s} {value:8.3f}")
   results: dict[str, Any] = {
-    "command": "python benchmarks/overhead.py " + " ".join(sys.argv[1:]),
+    "command": "python -m benchmarks.overhead " + " ".join(sys.argv[1:]),
     "device": f"{device.device_kind} ({device.platform})",
     "machine": platform.processor() or platform.machine(),
     "jax": jax.__version__,

@@ -30,7 +30,7 @@ half: worst and median ratio, the worst seed, failure counts, mean ranks.
 Everything goes to ``quality.json``; ``report.py`` renders the tables of
 docs/benchmarks.md from it.
 
-Run: ``python benchmarks/quality.py --out benchmarks/results`` (about an hour
+Run: ``python -m benchmarks.quality --out benchmarks/results`` (about an hour
 on 2 CPU cores); ``--quick`` (a quarter of the steps, 1 seed) is a smoke test
 of a few minutes; ``--steps 3`` is the one the suite runs.
 """
@@ -47,9 +47,9 @@ import jax.numpy as jnp
 import matplotlib
 import numpy as np
 import optax
-from quality_problems import PROBLEMS, SPLIT, Problem
 
 import gen_optax
+from benchmarks.quality_problems import QUALITY_PROBLEMS, SPLIT, Problem
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -445,7 +445,7 @@ def plot(problem: Problem, runs: dict, rows: list[dict], steps: int, out: Path) 
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--problems", nargs="+", default=None, choices=PROBLEMS)
+  parser.add_argument("--problems", nargs="+", default=None, choices=QUALITY_PROBLEMS)
   parser.add_argument("--split", choices=SPLIT, default=None, help="one half only")
   parser.add_argument(
     "--seeds",
@@ -461,12 +461,12 @@ def main() -> None:
   )
   parser.add_argument("--out", type=Path, default=Path("outputs/quality"))
   args = parser.parse_args()
-  names = args.problems or (SPLIT[args.split] if args.split else list(PROBLEMS))
+  names = args.problems or (SPLIT[args.split] if args.split else list(QUALITY_PROBLEMS))
   args.out.mkdir(parents=True, exist_ok=True)
   rows: list[dict] = []
   problems = {}
   for name in names:
-    problem = PROBLEMS[name]()
+    problem = QUALITY_PROBLEMS[name]()
     steps = args.steps or (problem.steps // 4 if args.quick else problem.steps)
     seeds = seeds_for(problem, args.seeds, args.quick)
     table = methods(steps)
@@ -518,7 +518,7 @@ def main() -> None:
   (args.out / "quality.json").write_text(
     json.dumps(
       {
-        "command": "python benchmarks/quality.py "
+        "command": "python -m benchmarks.quality "
         + " ".join(
           f"--{k} {' '.join(map(str, v)) if isinstance(v, list) else v}"
           for k, v in vars(args).items()

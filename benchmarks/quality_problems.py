@@ -38,7 +38,6 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 import optax
-from models import Problem, Split, TransformerLM
 from sklearn.datasets import (
   load_breast_cancer,
   load_diabetes,
@@ -49,6 +48,8 @@ from sklearn.datasets import (
 )
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
+
+from benchmarks.models import Problem, Split, TransformerLM
 
 
 def _split(x, y, seed=0):
@@ -505,7 +506,7 @@ def digits_softmax_fullbatch() -> Problem:
   )
 
 
-PROBLEMS: dict[str, Callable[[], Problem]] = {
+QUALITY_PROBLEMS: dict[str, Callable[[], Problem]] = {
   "digits-cnn": digits_cnn,
   "diabetes-fullbatch": diabetes_fullbatch,
   "cancer-logistic": cancer_logistic,

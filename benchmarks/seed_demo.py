@@ -22,7 +22,7 @@ Output: the final MSE on all 1000 samples per method and seed (the noise
 floor is 0.01), saved as JSON; ``report.py`` renders the table in
 docs/benchmarks.md.
 
-Run: ``python benchmarks/seed_demo.py --seed-project PATH --out
+Run: ``python -m benchmarks.seed_demo --seed-project PATH --out
 benchmarks/results/seed-demo.json`` with PATH the seed project's folder and
 PyTorch installed (``pip install -e ".[bench-torch]"``); about 10 minutes
 on 2 CPU cores.
@@ -57,7 +57,7 @@ def seed_problem(seed: int, seed_project: Path) -> dict[str, Any]:
   """The demo's data, initial weights and batch order, drawn as the demo draws."""
   import torch
 
-  sys.path.insert(0, str(seed_project))
+  sys.path.insert(0, str(seed_project))  # a folder of sources, not a package
   from src.examples.common import set_seed
   from src.examples.fully_connected.fully_connected import FullyConnected
 
@@ -95,7 +95,7 @@ def run_seed_exact_gen(
   """The seed's ExactGen, as its demo trains; returns (final MSE, lr per epoch)."""
   import torch
 
-  sys.path.insert(0, str(seed_project))
+  sys.path.insert(0, str(seed_project))  # a folder of sources, not a package
   from src.examples.fully_connected.fully_connected import FullyConnected
   from src.generalized_newtons_method import ExactGen, make_gen_optimizer
 
@@ -251,7 +251,7 @@ def main() -> None:
   args.out.write_text(
     json.dumps(
       {
-        "command": "python benchmarks/seed_demo.py --seed-project SEED --seeds "
+        "command": "python -m benchmarks.seed_demo --seed-project SEED --seeds "
         + " ".join(map(str, args.seeds))
         + f" --out {args.out}"
         + (f" --seed-rows {args.seed_rows.name}" if args.seed_rows else ""),

@@ -17,9 +17,9 @@ NaN in parameters or state, α within its bounds and back near the clean
 run's α, and every fault recorded: NaN/inf in ``apply_if_finite``'s counters,
 spike and zero in ``GeNInfo`` (its loss, slope and curvature).
 
-Run: ``python benchmarks/soak.py --steps 3000 --out results/soak.json`` (from
-``benchmarks/``; about a minute on 2 cores).  ``tests/test_soak.py`` runs a
-short version.
+Run: ``python -m benchmarks.soak --steps 3000 --out
+benchmarks/results/soak.json`` (under a minute on 2 cores).
+``tests/test_soak.py`` runs a short version.
 """
 
 import argparse

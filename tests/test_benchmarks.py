@@ -10,25 +10,24 @@ import jax
 import numpy as np
 import pytest
 
+from benchmarks import quality, report
+from benchmarks.quality_problems import QUALITY_PROBLEMS, SPLIT
+
 ROOT = Path(__file__).parent.parent
 BENCHMARKS = ROOT / "benchmarks"
-sys.path.insert(0, str(BENCHMARKS))
-
-import quality  # noqa: E402
-import report  # noqa: E402
-from quality_problems import PROBLEMS, SPLIT  # noqa: E402
 
 # The problems the suite's smoke run trains with every method (cheap ones).
 SMOKE = ("cancer-logistic", "digits-softmax-fullbatch")
 
 
-def _run(script, *args):
+def _run(module, *args):
+  """Runs ``python -m benchmarks.MODULE ARGS`` from the repository root."""
   result = subprocess.run(
-    [sys.executable, str(BENCHMARKS / script), *args],
+    [sys.executable, "-m", f"benchmarks.{module}", *args],
     capture_output=True,
     text=True,
     timeout=600,
-    cwd=BENCHMARKS,
+    cwd=ROOT,
   )
   assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
   return result.stdout
@@ -37,7 +36,7 @@ def _run(script, *args):
 @pytest.mark.slow
 def test_overhead_quick_summarizes_its_runs(tmp_path):
   out = tmp_path / "overhead.json"
-  _run("overhead.py", "--quick", "--out", str(out))
+  _run("overhead", "--quick", "--out", str(out))
   results = json.loads(out.read_text())
   runs, rows = results["runs"], results["rows"]
   assert len(runs) == 2 and all(len(run) == len(rows) for run in runs)
@@ -59,9 +58,9 @@ def test_overhead_quick_summarizes_its_runs(tmp_path):
 def test_split_is_fixed_and_covers_the_kinds():
   select, held_out = set(SPLIT["select"]), set(SPLIT["report"])
   assert not select & held_out
-  assert select | held_out == set(PROBLEMS)
-  assert len(PROBLEMS) >= 8
-  problems = {name: make() for name, make in PROBLEMS.items()}
+  assert select | held_out == set(QUALITY_PROBLEMS)
+  assert len(QUALITY_PROBLEMS) >= 8
+  problems = {name: make() for name, make in QUALITY_PROBLEMS.items()}
   for half, names in SPLIT.items():
     assert all(problems[n].split == half for n in names)
     # Each half has a deterministic problem and a long run.
@@ -72,9 +71,9 @@ def test_split_is_fixed_and_covers_the_kinds():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", list(PROBLEMS))
+@pytest.mark.parametrize("name", list(QUALITY_PROBLEMS))
 def test_problem_evaluates(name):
-  problem = PROBLEMS[name]()
+  problem = QUALITY_PROBLEMS[name]()
   params = problem.init(jax.random.key(0))
   idx = quality.batch_indices(problem, steps=2, seed=0)
   batch = jax.tree.map(lambda a: a[idx[0, 0]], problem.train)
@@ -92,7 +91,7 @@ def test_problem_evaluates(name):
 def test_vectorized_and_sequential_runs_agree(method_name):
   # Two independent drivers of the same runs: vmap + lax.scan, and a Python
   # loop over a jitted step; every (seed, rate) must land in the same place.
-  problem = PROBLEMS["cancer-logistic"]()
+  problem = QUALITY_PROBLEMS["cancer-logistic"]()
   method = next(m for m in quality.methods(steps=6) if m.name == method_name)
   together = quality.train(problem, method, steps=6, seeds=2)
   one_by_one = quality.train(problem._replace(vectorize=False), method, 6, 2)
@@ -105,7 +104,7 @@ def test_vectorized_and_sequential_runs_agree(method_name):
 @pytest.mark.slow
 def test_quality_smoke_run_is_complete(tmp_path):
   stdout = _run(
-    "quality.py",
+    "quality",
     "--steps",
     "3",
     "--seeds",
@@ -145,7 +144,7 @@ def test_quality_smoke_run_is_complete(tmp_path):
 
   # gen_settings.py with the defaults reproduces quality.py's GeN rows.
   screened = _run(
-    "gen_settings.py",
+    "gen_settings",
     "--grids",
     str(tmp_path / "quality.json"),
     "--steps",
@@ -178,7 +177,7 @@ def test_docs_tables_are_rendered_from_saved_results():
   assert {name for _, name, _, _ in blocks} == set(report.RENDERERS)
   assert report.render_docs(docs) == docs, (
     "docs/benchmarks.md differs from the saved results: run "
-    "python benchmarks/report.py --write docs/benchmarks.md"
+    "python -m benchmarks.report --write docs/benchmarks.md"
   )
 
 
@@ -190,7 +189,7 @@ def test_readme_results_are_rendered_from_saved_results():
   ]
   assert report.render_docs(readme) == readme, (
     "README.md differs from the saved results: run "
-    "python benchmarks/report.py --write README.md"
+    "python -m benchmarks.report --write README.md"
   )
 
 
@@ -198,7 +197,7 @@ def test_readme_results_are_rendered_from_saved_results():
 def test_gpu_lm_small_trains_every_method_on_the_same_data(tmp_path):
   # The CPU smoke run of the accelerator check: every method, one record.
   out = tmp_path / "gpu-lm.json"
-  _run("gpu_lm.py", "--size", "small", "--steps", "24", "--out", str(out))
+  _run("gpu_lm", "--size", "small", "--steps", "24", "--out", str(out))
   record = json.loads(out.read_text())
   results = {r["method"]: r for r in record["results"]}
   assert len(results) == 7 and record["steps_per_method"] == 24
@@ -226,9 +225,7 @@ def test_gpu_lm_small_trains_every_method_on_the_same_data(tmp_path):
 def test_gpu_lm_budget_run_follows_its_plan_and_compiles_nothing_after_it(tmp_path):
   out = tmp_path / "gpu-lm.json"
   budget = 300  # compiling the 7 methods takes about a minute on 2 cores
-  _run(
-    "gpu_lm.py", "--size", "small", "--budget-seconds", str(budget), "--out", str(out)
-  )
+  _run("gpu_lm", "--size", "small", "--budget-seconds", str(budget), "--out", str(out))
   record = json.loads(out.read_text())
   steps = record["steps_per_method"]
   # Every method runs the planned steps, and the plan fits the budget.
@@ -242,7 +239,7 @@ def test_gpu_lm_budget_run_follows_its_plan_and_compiles_nothing_after_it(tmp_pa
 
 
 def test_gpu_lm_plan_counts_the_overheads_and_leaves_a_tenth():
-  import gpu_lm
+  from benchmarks import gpu_lm
 
   warmups = [
     {"step_seconds": 0.5, "overhead_seconds": 3.0},

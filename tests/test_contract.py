@@ -130,7 +130,11 @@ def _logistic() -> tuple[Any, Callable, float]:
   return params, loss, _logistic_minimum()
 
 
-PROBLEMS = {"parabola": _parabola, "rosenbrock": _rosenbrock, "logistic": _logistic}
+CONTRACT_PROBLEMS = {
+  "parabola": _parabola,
+  "rosenbrock": _rosenbrock,
+  "logistic": _logistic,
+}
 # Steps and the tolerance on L(θ_T) − L*, as a fraction of L(θ_0) − L*, met by
 # every inner in every mode with the defaults (measured worst cases in
 # brackets, float32):
@@ -178,7 +182,7 @@ def _finite(tree) -> bool:
 
 
 def _check_trains(inner: str, problem: str, mode: str) -> None:
-  params, loss, optimum = PROBLEMS[problem]()
+  params, loss, optimum = CONTRACT_PROBLEMS[problem]()
   steps, tolerance = BUDGET[problem]
   tx = gen_optax.gen(INNERS[inner](), mode=mode)
   final, state, _, step = _train(tx, loss, params, steps)
@@ -197,7 +201,7 @@ def test_trains_the_parabola(inner):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ALL_MODES)
-@pytest.mark.parametrize("problem", PROBLEMS)
+@pytest.mark.parametrize("problem", CONTRACT_PROBLEMS)
 @pytest.mark.parametrize("inner", INNERS)
 def test_trains_the_standard_targets(inner, problem, mode):
   _check_trains(inner, problem, mode)

@@ -1,13 +1,9 @@
 """A short run with injected faults (benchmarks/soak.py; the long one is saved
 in benchmarks/results/soak.json and shown in docs/benchmarks.md)."""
 
-import sys
-from pathlib import Path
-
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
-import soak
+from benchmarks import soak
 
 STEPS = 160  # one fault of each kind in steps [20, 140)
 

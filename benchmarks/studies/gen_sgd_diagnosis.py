@@ -8,13 +8,12 @@ the expected-loss greedy step of a batch-64 gradient measured on an
 independent batch, −E[s/‖u‖]/(E[c/‖u‖²]·E‖u‖) over 32 batch pairs (what GeN's
 running means estimate), and the share of batch noise in E‖g_B‖².
 
-Run: ``python benchmarks/studies/gen_sgd_diagnosis.py --out
+Run: ``python -m benchmarks.studies.gen_sgd_diagnosis --out
 benchmarks/results/study-gen-sgd-diagnosis.json`` (about a minute).
 """
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import jax
@@ -24,10 +23,8 @@ import optax
 from jax.flatten_util import ravel_pytree
 
 import gen_optax
-
-sys.path.insert(0, str(Path(__file__).parent.parent))  # benchmarks/
-import quality
-from quality_problems import PROBLEMS
+from benchmarks import quality
+from benchmarks.quality_problems import QUALITY_PROBLEMS
 
 STEPS, CHECKS, PAIRS = 300, (20, 35, 50, 100, 200, 299), 32
 
@@ -37,7 +34,7 @@ def main() -> None:
   parser.add_argument("--out", type=Path, default=None, help="a JSON file")
   args = parser.parse_args()
   rows = []
-  problem = PROBLEMS["digits-cnn"]()
+  problem = QUALITY_PROBLEMS["digits-cnn"]()
   x, y = problem.train
   batches = quality.batch_indices(problem, STEPS, seed=0)
   tx = gen_optax.gen(optax.sgd(1.0), measure_along="current_update")

@@ -7,7 +7,7 @@ training losses for three ways of feeding slope and curvature:
 * ``value_fn`` on the gradient's batch (slope from either: they are equal there)
 * ``value_fn`` on a fresh batch, slope ⟨g, u⟩ from the gradient's batch
 
-Run: ``python benchmarks/studies/slope_source.py --out
+Run: ``python -m benchmarks.studies.slope_source --out
 benchmarks/results/study-slope-source.json`` (about a minute on 2 CPU cores).
 """
 

@@ -1,0 +1,1 @@
+"""Studies behind single decisions: ``python -m benchmarks.studies.NAME``."""
