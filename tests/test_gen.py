@@ -26,7 +26,7 @@ from jax.flatten_util import ravel_pytree
 import gen_optax
 from gen_optax import Status
 from gen_optax._src import rule as rule_lib
-from gen_optax._src.gen import to_measurement
+from gen_optax._src.measurement import to_measurement
 
 SLOPES = ("value_fn", "gradient")
 

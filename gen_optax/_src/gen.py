@@ -10,6 +10,7 @@ import numpy as np
 import optax
 
 from gen_optax._src import line as line_lib
+from gen_optax._src import measurement as measurement_lib
 from gen_optax._src import rule as rule_lib
 from gen_optax._src import step_check as step_check_lib
 from gen_optax._src.checks import (
@@ -45,46 +46,6 @@ def _holds_a_schedule(inner_state: optax.OptState) -> bool:
 def _where(condition: jax.Array, x: Any, y: Any) -> Any:
   """``x`` where the scalar ``condition`` holds, else ``y``, leaf by leaf."""
   return jax.tree.map(lambda a, b: jnp.where(condition, a, b), x, y)
-
-
-def to_measurement(
-  line: LineMeasurement,
-  norm: jax.Array,
-  *,
-  rate: jax.Array,
-  lookback: bool,
-  min_r2: float | None = None,
-  stale: jax.Array | bool = False,
-) -> rule_lib.Measurement:
-  """The rule's view of one measured line: per unit length, with why to discard.
-
-  ``line`` is along the measured direction (of norm ``norm``), which is
-  ``rate`` times the inner update it came from.  Along the previous step,
-  measured at its end, the quadratic model's slope at the start is s − |c|;
-  along the current update, the start is where it was measured.  ``min_r2``:
-  the gate on the probe fit (None: none); ``stale``: the stored step is not
-  the last step (a refresh off ``refresh_every``'s schedule).
-  """
-  loss, slope, curvature, fit_r2 = line
-  safe_norm = jnp.where(norm > 0, norm, 1)
-  start_slope = slope - jnp.abs(curvature) if lookback else slope
-  discard = jnp.select(
-    [
-      jnp.asarray(stale),
-      norm == 0,
-      ~(jnp.isfinite(loss) & jnp.isfinite(slope) & jnp.isfinite(curvature)),
-      jnp.asarray(False) if min_r2 is None else ~(fit_r2 >= min_r2),  # NaN fails
-    ],
-    [Status.STALE_STEP, Status.ZERO_DIRECTION, Status.NON_FINITE, Status.POOR_FIT],
-    Status.ACCEPTED,
-  ).astype(jnp.int32)
-  return rule_lib.Measurement(
-    slope=start_slope / safe_norm,
-    curvature=curvature / safe_norm**2,
-    loss=loss,
-    length=norm / jnp.where(rate > 0, rate, 1),
-    discard=discard,
-  )
 
 
 def _burst_scale(
@@ -139,24 +100,6 @@ def _store(
   if not checked:
     return stored, *_unchecked(step_size)
   return stored, *step_check_lib.step_check(params, updates, stored, step_size.dtype)
-
-
-def _varying(tree: Any, axis_name: str | tuple[str, ...]) -> Any:
-  """Marks replicated values as varying over `axis_name` (shard_map's vma).
-
-  Leaves that already vary are kept; JAX versions without varying-axis
-  tracking need no marking.
-  """
-  pcast = getattr(jax.lax, "pcast", None)
-  if pcast is None:
-    return tree
-  axes = axis_name if isinstance(axis_name, tuple) else (axis_name,)
-
-  def cast(x: jax.Array) -> jax.Array:
-    missing = tuple(a for a in axes if a not in getattr(jax.typeof(x), "vma", axes))
-    return pcast(x, missing, to="varying") if missing else x
-
-  return jax.tree.map(cast, tree)
 
 
 def _check_settings(
@@ -401,46 +344,6 @@ def gen(
       step_check_tolerance=jnp.full((), jnp.inf, dtype),
     )
 
-  def measure(
-    state: GeNState,
-    value_fn: Callable[[Any], jax.Array] | None,
-    line: LineMeasurement | None,
-    params: optax.Params,
-    grads: optax.Updates,
-    direction: optax.Updates,
-  ) -> tuple[LineMeasurement, jax.Array]:
-    """The loss along ``direction`` at ``params``, and ‖direction‖.
-
-    ``line``: the measurement if made already (with the gradient).
-
-    ``"previous_step"``: the line of the last step d (built from earlier
-    batches, so free of this batch's noise), measured at its end θ;
-    ``"current_update"``: the line of this update u from θ.
-    """
-    dtype = state.learning_rate.dtype
-    if axis_name is not None:
-      # Under shard_map the data vary across devices while params and the
-      # direction are replicated; jvp of grad then mixes the two.
-      params, direction = _varying((params, direction), axis_name)
-    if line is None:
-      assert value_fn is not None  # checked by update_fn
-      line = line_lib.measure_line(
-        value_fn,
-        params,
-        direction,
-        mode=mode,
-        step_size=jnp.ones((), dtype) if lookback else state.learning_rate,
-        probe_multipliers=probe_multipliers,
-        gradient=grads if slope_from == "gradient" else None,
-      )
-    loss, slope, curvature, fit_r2 = (jnp.asarray(x, dtype) for x in line)
-    if slope_from == "gradient":
-      slope = line_lib.tree_vdot(grads, direction, dtype)
-    if axis_name is not None:
-      loss, slope, curvature = jax.lax.pmean((loss, slope, curvature), axis_name)
-    norm = jnp.sqrt(line_lib.tree_vdot(direction, direction, dtype))
-    return LineMeasurement(loss, slope, curvature, fit_r2), norm
-
   def refresh_rule(
     state: GeNState,
     value_fn: Callable[[Any], jax.Array] | None,
@@ -463,8 +366,20 @@ def gen(
       else jnp.asarray(False)
     )
     direction = state.previous_step if lookback else update
-    line, norm = measure(state, value_fn, line, params, grads, direction)
-    measured = to_measurement(
+    line, norm = measurement_lib.measure(
+      value_fn,
+      line,
+      params,
+      grads,
+      direction,
+      learning_rate=state.learning_rate,
+      lookback=lookback,
+      mode=mode,
+      probe_multipliers=probe_multipliers,
+      slope_from=slope_from,
+      axis_name=axis_name,
+    )
+    measured = measurement_lib.to_measurement(
       line,
       norm,
       # Along the previous step d = r₋u₋ (r₋ = m₋α₋): u₋ has length ‖d‖/r₋.
