@@ -26,13 +26,14 @@ selection half, two in the report half.
 
 import argparse
 import difflib
+import functools
 import inspect
 import json
 import os
 import shutil
 import textwrap
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal, NamedTuple
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -52,73 +53,84 @@ from sklearn.preprocessing import StandardScaler
 from benchmarks.models import Problem, Split, TransformerLM
 
 
-def _split(x, y, seed=0):
-  x_train, x_test, y_train, y_test = train_test_split(
-    x, y, test_size=0.25, random_state=seed
-  )
-  return (jnp.asarray(x_train), jnp.asarray(y_train)), (
-    jnp.asarray(x_test),
-    jnp.asarray(y_test),
-  )
+class Spec(NamedTuple):
+  """One row of the table: a problem's data, model, loss and run length.
+
+  ``loss`` names the head: ``"softmax"`` (cross-entropy over classes),
+  ``"sigmoid"`` (binary cross-entropy of one logit), ``"squared"`` (squared
+  error of one output) or ``"next-token"`` (softmax over the next token of
+  each position).  ``metric``: ``"accuracy"`` on the test set, or the test
+  ``"loss"``.
+  """
+
+  name: str
+  kind: str  # one line: what the problem is
+  split: Split
+  data: Callable[[], tuple[Any, Any]]  # () -> (train, test), each (x, y)
+  model: Any  # a Flax module, or anything with its init and apply
+  loss: Literal["softmax", "sigmoid", "squared", "next-token"]
+  metric: Literal["accuracy", "loss"]
+  batch_size: int | None  # None: full batch (a deterministic loss)
+  steps: int
+  vectorize: bool  # see Problem.vectorize
 
 
-def _cross_entropy(apply: Callable) -> Callable:
+def _loss(head: str, apply: Callable) -> Callable:
+  """The mean loss of ``head`` on ``apply(params, x)``."""
+
   def loss(params, batch):
     x, y = batch
-    return optax.softmax_cross_entropy_with_integer_labels(apply(params, x), y).mean()
+    if head == "next-token":  # y is unused: the targets are x shifted by one
+      logits = apply(params, x[:, :-1])
+      return optax.softmax_cross_entropy_with_integer_labels(logits, x[:, 1:]).mean()
+    out = apply(params, x)
+    if head == "sigmoid":
+      return optax.sigmoid_binary_cross_entropy(out, y).mean()
+    if head == "squared":
+      return jnp.mean((out - y) ** 2)
+    return optax.softmax_cross_entropy_with_integer_labels(out, y).mean()
 
   return loss
 
 
-def _accuracy(apply: Callable) -> Callable:
+def _accuracy(head: str, apply: Callable) -> Callable:
   def accuracy(params, data):
     x, y = data
-    return jnp.mean(jnp.argmax(apply(params, x), -1) == y)
+    out = apply(params, x)
+    predicted = out > 0 if head == "sigmoid" else jnp.argmax(out, -1)
+    return jnp.mean(predicted == y)
 
   return accuracy
 
 
-def _squared_error(apply: Callable) -> Callable:
-  def loss(params, batch):
-    x, y = batch
-    return jnp.mean((apply(params, x) - y) ** 2)
-
-  return loss
-
-
-def _classifier(name, kind, split, module, train, test, **settings) -> Problem:
-  x_shape = train[0].shape[1:]
+def build(spec: Spec) -> Problem:
+  """The :class:`Problem` of one row of the table."""
+  train, test = spec.data()
+  x = train[0][:1, :-1] if spec.loss == "next-token" else train[0][:1]
+  loss = _loss(spec.loss, spec.model.apply)
+  if spec.metric == "accuracy":
+    metric, metric_name = _accuracy(spec.loss, spec.model.apply), "test accuracy"
+  else:
+    metric = loss
+    metric_name = "test MSE" if spec.loss == "squared" else "test loss (nats/char)"
   return Problem(
-    name,
-    kind,
-    split,
-    lambda key: module.init(key, jnp.zeros((1, *x_shape), train[0].dtype)),
-    _cross_entropy(module.apply),
-    train,
-    test,
-    _accuracy(module.apply),
-    "test accuracy",
-    True,
-    **settings,
-  )
-
-
-def _regression(name, kind, split, module, train, test, **settings) -> Problem:
-  x_shape = train[0].shape[1:]
-  loss = _squared_error(module.apply)
-  return Problem(
-    name,
-    kind,
-    split,
-    lambda key: module.init(key, jnp.zeros((1, *x_shape), train[0].dtype)),
+    spec.name,
+    spec.kind,
+    spec.split,
+    lambda key: spec.model.init(key, jnp.zeros_like(x)),
     loss,
     train,
     test,
-    loss,
-    "test MSE",
-    False,
-    **settings,
+    metric,
+    metric_name,
+    spec.metric == "accuracy",
+    batch_size=spec.batch_size,
+    steps=spec.steps,
+    vectorize=spec.vectorize,
   )
+
+
+# --- models ----------------------------------------------------------------
 
 
 class MLP(nn.Module):
@@ -163,298 +175,79 @@ class CharMLP(nn.Module):
     return nn.Dense(self.vocab)(self.activation(nn.Dense(self.hidden)(x)))
 
 
-def _digits() -> tuple[np.ndarray, np.ndarray]:
-  x, y = load_digits(return_X_y=True)
-  return (x / 16.0).astype(np.float32), y
+class Linear(NamedTuple):
+  """A linear model started at zero (the convex problems: one optimum).
 
+  ``out=None``: one logit per example.
+  """
 
-def _char_lm(codes: np.ndarray, context: int, stride: int, module: nn.Module, **kw):
-  """Next character from the previous ``context`` ones, windows ``stride`` apart."""
-  windows = np.lib.stride_tricks.sliding_window_view(codes, context + 1)[::stride]
-  train, test = _split(
-    windows[:, :-1].astype(np.int32), windows[:, -1].astype(np.int32)
-  )
-  return Problem(
-    init=lambda key: module.init(key, jnp.zeros((1, context), jnp.int32)),
-    loss=_cross_entropy(module.apply),
-    train=train,
-    test=test,
-    metric=_cross_entropy(module.apply),
-    metric_name="test loss (nats/char)",
-    higher_is_better=False,
-    vectorize=True,
-    **kw,
-  )
+  out: int | None
 
+  def init(self, key, x):
+    del key
+    shape = (x.shape[-1],) if self.out is None else (x.shape[-1], self.out)
+    return {"w": jnp.zeros(shape), "b": jnp.zeros(shape[1:])}
 
-def _text_codes(*modules: Any, chars: int) -> np.ndarray:
-  """ASCII codes of standard-library source text (ships with every Python)."""
-  text = "".join(inspect.getsource(m) for m in modules)
-  return np.frombuffer(text[:chars].encode("ascii", "replace"), np.uint8) % 128
-
-
-# --- the selection half ----------------------------------------------------
-
-
-def digits_cnn() -> Problem:
-  x, y = _digits()
-  train, test = _split(x.reshape(-1, 8, 8, 1), y)
-  return _classifier(
-    "digits-cnn",
-    "CNN classifier, digits images, batch 64",
-    "select",
-    SmallCNN(),
-    train,
-    test,
-    batch_size=64,
-    steps=400,
-    vectorize=False,
-  )
-
-
-def diabetes_fullbatch() -> Problem:
-  x, y = load_diabetes(return_X_y=True)
-  x = StandardScaler().fit_transform(x).astype(np.float32)
-  y = ((y - y.mean()) / y.std()).astype(np.float32)
-  train, test = _split(x, y)
-  return _regression(
-    "diabetes-fullbatch",
-    "tanh MLP regression (squared loss), diabetes, full batch: deterministic",
-    "select",
-    MLP((64, 64), None),
-    train,
-    test,
-    batch_size=None,
-    steps=400,
-    vectorize=True,
-  )
-
-
-def cancer_logistic() -> Problem:
-  x, y = load_breast_cancer(return_X_y=True)
-  x = StandardScaler().fit_transform(x).astype(np.float32)
-  train, test = _split(x, y)
-
-  def init(key):
-    del key  # convex: one optimum, start at zero
-    return {"w": jnp.zeros(30), "b": jnp.zeros(())}
-
-  def logits(params, x):
+  def apply(self, params, x):
     return x @ params["w"] + params["b"]
 
-  def loss(params, batch):
-    return optax.sigmoid_binary_cross_entropy(logits(params, batch[0]), batch[1]).mean()
 
-  def accuracy(params, data):
-    return jnp.mean((logits(params, data[0]) > 0) == data[1])
+# --- data ------------------------------------------------------------------
 
-  return Problem(
-    "cancer-logistic",
-    "logistic regression (convex), breast cancer, batch 32",
-    "select",
-    init,
-    loss,
-    train,
-    test,
-    accuracy,
-    "test accuracy",
-    True,
-    batch_size=32,
-    steps=400,
-    vectorize=True,
+
+def _split(x, y, seed=0):
+  x_train, x_test, y_train, y_test = train_test_split(
+    x, y, test_size=0.25, random_state=seed
+  )
+  return (jnp.asarray(x_train), jnp.asarray(y_train)), (
+    jnp.asarray(x_test),
+    jnp.asarray(y_test),
   )
 
 
-def char_transformer(length: int = 32) -> Problem:
-  codes = _text_codes(os, argparse, json, chars=60_000)
-  windows = np.lib.stride_tricks.sliding_window_view(codes, length + 1)[:: length // 2]
-  train, test = _split(windows.astype(np.int32), np.zeros(len(windows)))
-  module = TransformerLM(vocab=128, dim=64, layers=1, heads=4, length=length)
-
-  def loss(params, batch):
-    tokens = batch[0]
-    logits = module.apply(params, tokens[:, :-1])
-    return optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:]).mean()
-
-  return Problem(
-    "char-transformer",
-    "one-layer character transformer LM, stdlib source, batch 32",
-    "select",
-    lambda key: module.init(key, jnp.zeros((1, length), jnp.int32)),
-    loss,
-    train,
-    test,
-    loss,
-    "test loss (nats/char)",
-    False,
-    batch_size=32,
-    steps=400,
-    vectorize=False,
-  )
+def _digits(shape: tuple[int, ...] = (64,)):
+  x, y = load_digits(return_X_y=True)
+  return _split((x / 16.0).astype(np.float32).reshape(-1, *shape), y)
 
 
-def deep_tanh() -> Problem:
-  x, y = make_classification(
-    n_samples=2000,
-    n_features=20,
-    n_informative=10,
-    n_classes=4,
-    n_clusters_per_class=2,
-    random_state=0,
-  )
-  x = StandardScaler().fit_transform(x).astype(np.float32)
-  train, test = _split(x, y)
-  return _classifier(
-    "deep-tanh",
-    "deep narrow tanh net (6 hidden layers of 16), synthetic 4 classes, batch 64,"
-    " 2000 steps",
-    "select",
-    MLP((16,) * 6, 4),
-    train,
-    test,
-    batch_size=64,
-    steps=2000,
-    vectorize=True,
-  )
-
-
-def char_mlp_relu_small() -> Problem:
-  # A small corpus (~15k windows) seen for 8.5 epochs: tuned Adam ends far
-  # below the unigram entropy (3.13 nats); ReLU units that an early
-  # overshoot kills do not come back, so the model can freeze at the unigram.
-  codes = _text_codes(shutil, chars=20_000)
-  return _char_lm(
-    codes,
-    8,
-    1,
-    CharMLP(activation=nn.relu),
-    name="char-mlp-relu-small",
-    kind="next-character ReLU MLP LM (context 8), small stdlib corpus for 8.5"
-    " epochs, batch 64, 2000 steps",
-    split="select",
-    batch_size=64,
-    steps=2000,
-  )
-
-
-def deep_tanh_interpolation() -> Problem:
-  # deep-tanh on a quarter of the samples: tuned Adam reaches interpolation
-  # (training loss ~1e-4 of 1.39).
-  x, y = make_classification(
-    n_samples=500,
-    n_features=20,
-    n_informative=10,
-    n_classes=4,
-    n_clusters_per_class=2,
-    random_state=0,
-  )
-  x = StandardScaler().fit_transform(x).astype(np.float32)
-  train, test = _split(x, y)
-  return _classifier(
-    "deep-tanh-interpolation",
-    "deep narrow tanh net (6 hidden layers of 16), 375 synthetic samples, 4"
-    " classes, batch 64, 2000 steps: reaches interpolation",
-    "select",
-    MLP((16,) * 6, 4),
-    train,
-    test,
-    batch_size=64,
-    steps=2000,
-    vectorize=True,
-  )
-
-
-def diabetes_minibatch_long() -> Problem:
-  # The diabetes regression with mini-batches for 190 epochs: a noisy loss
-  # that tuned Adam still drives to ~1e-3 (it fits the noise).
+def _diabetes():
   x, y = load_diabetes(return_X_y=True)
   x = StandardScaler().fit_transform(x).astype(np.float32)
-  y = ((y - y.mean()) / y.std()).astype(np.float32)
-  train, test = _split(x, y)
-  return _regression(
-    "diabetes-minibatch-long",
-    "tanh MLP regression (squared loss), diabetes, batch 32, 2000 steps",
-    "select",
-    MLP((64, 64), None),
-    train,
-    test,
-    batch_size=32,
-    steps=2000,
-    vectorize=True,
+  return _split(x, ((y - y.mean()) / y.std()).astype(np.float32))
+
+
+def _cancer():
+  x, y = load_breast_cancer(return_X_y=True)
+  return _split(StandardScaler().fit_transform(x).astype(np.float32), y)
+
+
+def _four_classes(samples: int):
+  x, y = make_classification(
+    n_samples=samples,
+    n_features=20,
+    n_informative=10,
+    n_classes=4,
+    n_clusters_per_class=2,
+    random_state=0,
   )
+  return _split(StandardScaler().fit_transform(x).astype(np.float32), y)
 
 
-# --- the report half --------------------------------------------------------
-
-
-def digits_mlp() -> Problem:
-  x, y = _digits()
-  train, test = _split(x, y)
-  return _classifier(
-    "digits-mlp",
-    "ReLU MLP classifier (64-128-128-10), digits, batch 32",
-    "report",
-    MLP((128, 128), 10, nn.relu),
-    train,
-    test,
-    batch_size=32,
-    steps=400,
-    vectorize=True,
-  )
-
-
-def wine_raw() -> Problem:
+def _wine_raw():
   # Raw features: proline is ~1e3, hue ~1, some ratios ~0.1 (badly scaled).
   x, y = load_wine(return_X_y=True)
-  train, test = _split(x.astype(np.float32), y)
-  return _classifier(
-    "wine-raw",
-    "tanh MLP classifier on unscaled inputs (features 0.1 to 1e3), wine, batch 32",
-    "report",
-    MLP((32, 32), 3),
-    train,
-    test,
-    batch_size=32,
-    steps=400,
-    vectorize=True,
-  )
+  return _split(x.astype(np.float32), y)
 
 
-def friedman_regression() -> Problem:
+def _friedman():
   x, y = make_friedman1(n_samples=2000, noise=1.0, random_state=0)
   y = (y - y.mean()) / y.std()
-  train, test = _split(x.astype(np.float32), y.astype(np.float32))
-  return _regression(
-    "friedman-regression",
-    "tanh MLP regression (squared loss), noisy Friedman #1, batch 32",
-    "report",
-    MLP((64, 64), None),
-    train,
-    test,
-    batch_size=32,
-    steps=400,
-    vectorize=True,
-  )
+  return _split(x.astype(np.float32), y.astype(np.float32))
 
 
-def char_mlp_long(context: int = 8) -> Problem:
-  codes = _text_codes(difflib, textwrap, inspect, chars=80_000)
-  return _char_lm(
-    codes,
-    context,
-    2,
-    CharMLP(),
-    name="char-mlp-long",
-    kind="next-character MLP LM (context 8), stdlib source, batch 64, 2000 steps",
-    split="report",
-    batch_size=64,
-    steps=2000,
-  )
-
-
-def two_spirals() -> Problem:
+def _two_spirals():
   # Two interleaved spirals (two turns each, 600 points, generated with a
-  # fixed seed): tuned Adam reaches interpolation (training loss ~1e-5).
+  # fixed seed).
   rng = np.random.default_rng(0)
   angle = np.sqrt(rng.uniform(size=600)) * 4 * np.pi
   label = rng.integers(0, 2, 600)
@@ -463,64 +256,214 @@ def two_spirals() -> Problem:
     [radius * np.cos(angle + np.pi * label), radius * np.sin(angle + np.pi * label)], 1
   )
   x = StandardScaler().fit_transform(x + 0.015 * rng.normal(size=x.shape))
-  train, test = _split(x.astype(np.float32), label)
-  return _classifier(
+  return _split(x.astype(np.float32), label)
+
+
+def _text(*modules: Any, chars: int, context: int, stride: int, next_char: bool):
+  """Windows of standard-library source text (ships with every Python).
+
+  ``next_char``: (``context`` characters, the next one) pairs; else windows
+  of ``context + 1`` tokens, each predicting the next (y unused).
+  """
+  text = "".join(inspect.getsource(m) for m in modules)
+  codes = np.frombuffer(text[:chars].encode("ascii", "replace"), np.uint8) % 128
+  windows = np.lib.stride_tricks.sliding_window_view(codes, context + 1)[::stride]
+  if next_char:
+    return _split(windows[:, :-1].astype(np.int32), windows[:, -1].astype(np.int32))
+  return _split(windows.astype(np.int32), np.zeros(len(windows)))
+
+
+SPECS: tuple[Spec, ...] = (
+  # --- the selection half ---
+  Spec(
+    "digits-cnn",
+    "CNN classifier, digits images, batch 64",
+    "select",
+    lambda: _digits((8, 8, 1)),
+    SmallCNN(),
+    "softmax",
+    "accuracy",
+    batch_size=64,
+    steps=400,
+    vectorize=False,
+  ),
+  Spec(
+    "diabetes-fullbatch",
+    "tanh MLP regression (squared loss), diabetes, full batch: deterministic",
+    "select",
+    _diabetes,
+    MLP((64, 64), None),
+    "squared",
+    "loss",
+    batch_size=None,
+    steps=400,
+    vectorize=True,
+  ),
+  Spec(
+    "cancer-logistic",
+    "logistic regression (convex), breast cancer, batch 32",
+    "select",
+    _cancer,
+    Linear(None),
+    "sigmoid",
+    "accuracy",
+    batch_size=32,
+    steps=400,
+    vectorize=True,
+  ),
+  Spec(
+    "char-transformer",
+    "one-layer character transformer LM, stdlib source, batch 32",
+    "select",
+    lambda: _text(
+      os, argparse, json, chars=60_000, context=32, stride=16, next_char=False
+    ),
+    TransformerLM(vocab=128, dim=64, layers=1, heads=4, length=32),
+    "next-token",
+    "loss",
+    batch_size=32,
+    steps=400,
+    vectorize=False,
+  ),
+  Spec(
+    "deep-tanh",
+    "deep narrow tanh net (6 hidden layers of 16), synthetic 4 classes, batch 64,"
+    " 2000 steps",
+    "select",
+    lambda: _four_classes(2000),
+    MLP((16,) * 6, 4),
+    "softmax",
+    "accuracy",
+    batch_size=64,
+    steps=2000,
+    vectorize=True,
+  ),
+  # A small corpus (~15k windows) seen for 8.5 epochs: tuned Adam ends far
+  # below the unigram entropy (3.13 nats); ReLU units that an early
+  # overshoot kills do not come back, so the model can freeze at the unigram.
+  Spec(
+    "char-mlp-relu-small",
+    "next-character ReLU MLP LM (context 8), small stdlib corpus for 8.5"
+    " epochs, batch 64, 2000 steps",
+    "select",
+    lambda: _text(shutil, chars=20_000, context=8, stride=1, next_char=True),
+    CharMLP(activation=nn.relu),
+    "softmax",
+    "loss",
+    batch_size=64,
+    steps=2000,
+    vectorize=True,
+  ),
+  # deep-tanh on a quarter of the samples: tuned Adam reaches interpolation
+  # (training loss ~1e-4 of 1.39).
+  Spec(
+    "deep-tanh-interpolation",
+    "deep narrow tanh net (6 hidden layers of 16), 375 synthetic samples, 4"
+    " classes, batch 64, 2000 steps: reaches interpolation",
+    "select",
+    lambda: _four_classes(500),
+    MLP((16,) * 6, 4),
+    "softmax",
+    "accuracy",
+    batch_size=64,
+    steps=2000,
+    vectorize=True,
+  ),
+  # The diabetes regression with mini-batches for 190 epochs: a noisy loss
+  # that tuned Adam still drives to ~1e-3 (it fits the noise).
+  Spec(
+    "diabetes-minibatch-long",
+    "tanh MLP regression (squared loss), diabetes, batch 32, 2000 steps",
+    "select",
+    _diabetes,
+    MLP((64, 64), None),
+    "squared",
+    "loss",
+    batch_size=32,
+    steps=2000,
+    vectorize=True,
+  ),
+  # --- the report half ---
+  Spec(
+    "digits-mlp",
+    "ReLU MLP classifier (64-128-128-10), digits, batch 32",
+    "report",
+    _digits,
+    MLP((128, 128), 10, nn.relu),
+    "softmax",
+    "accuracy",
+    batch_size=32,
+    steps=400,
+    vectorize=True,
+  ),
+  Spec(
+    "wine-raw",
+    "tanh MLP classifier on unscaled inputs (features 0.1 to 1e3), wine, batch 32",
+    "report",
+    _wine_raw,
+    MLP((32, 32), 3),
+    "softmax",
+    "accuracy",
+    batch_size=32,
+    steps=400,
+    vectorize=True,
+  ),
+  Spec(
+    "friedman-regression",
+    "tanh MLP regression (squared loss), noisy Friedman #1, batch 32",
+    "report",
+    _friedman,
+    MLP((64, 64), None),
+    "squared",
+    "loss",
+    batch_size=32,
+    steps=400,
+    vectorize=True,
+  ),
+  Spec(
+    "char-mlp-long",
+    "next-character MLP LM (context 8), stdlib source, batch 64, 2000 steps",
+    "report",
+    lambda: _text(
+      difflib, textwrap, inspect, chars=80_000, context=8, stride=2, next_char=True
+    ),
+    CharMLP(),
+    "softmax",
+    "loss",
+    batch_size=64,
+    steps=2000,
+    vectorize=True,
+  ),
+  Spec(
+    "digits-softmax-fullbatch",
+    "softmax regression (convex), digits, full batch: deterministic",
+    "report",
+    _digits,
+    Linear(10),
+    "softmax",
+    "accuracy",
+    batch_size=None,
+    steps=400,
+    vectorize=True,
+  ),
+  # Tuned Adam reaches interpolation (training loss ~1e-5).
+  Spec(
     "two-spirals",
     "GELU MLP (3 hidden layers of 64), two spirals, 450 samples, batch 32,"
     " 2000 steps: reaches interpolation",
     "report",
+    _two_spirals,
     MLP((64, 64, 64), 2, nn.gelu),
-    train,
-    test,
+    "softmax",
+    "accuracy",
     batch_size=32,
     steps=2000,
     vectorize=True,
-  )
-
-
-def digits_softmax_fullbatch() -> Problem:
-  x, y = _digits()
-  train, test = _split(x, y)
-
-  def init(key):
-    del key  # convex: start at zero
-    return {"w": jnp.zeros((64, 10)), "b": jnp.zeros(10)}
-
-  def logits(params, x):
-    return x @ params["w"] + params["b"]
-
-  return Problem(
-    "digits-softmax-fullbatch",
-    "softmax regression (convex), digits, full batch: deterministic",
-    "report",
-    init,
-    _cross_entropy(logits),
-    train,
-    test,
-    _accuracy(logits),
-    "test accuracy",
-    True,
-    batch_size=None,
-    steps=400,
-    vectorize=True,
-  )
-
+  ),
+)
 
 QUALITY_PROBLEMS: dict[str, Callable[[], Problem]] = {
-  "digits-cnn": digits_cnn,
-  "diabetes-fullbatch": diabetes_fullbatch,
-  "cancer-logistic": cancer_logistic,
-  "char-transformer": char_transformer,
-  "deep-tanh": deep_tanh,
-  "char-mlp-relu-small": char_mlp_relu_small,
-  "deep-tanh-interpolation": deep_tanh_interpolation,
-  "diabetes-minibatch-long": diabetes_minibatch_long,
-  "digits-mlp": digits_mlp,
-  "wine-raw": wine_raw,
-  "friedman-regression": friedman_regression,
-  "char-mlp-long": char_mlp_long,
-  "digits-softmax-fullbatch": digits_softmax_fullbatch,
-  "two-spirals": two_spirals,
+  spec.name: functools.partial(build, spec) for spec in SPECS
 }
 
 # The fixed split (also each Problem's ``split``; a test checks they agree).

@@ -32,32 +32,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from sklearn.datasets import load_digits
 
 import gen_optax
+from benchmarks import digits
 
 KINDS = ("nan", "inf", "spike", "zero")
 REFRESH_EVERY, BATCH = 4, 64
 MIN_LR, MAX_LR = 1e-6, 1.0  # gen's defaults, checked against
 
 
-def _init(key: jax.Array) -> dict[str, jax.Array]:
-  k1, k2 = jax.random.split(key)
-  params = {
-    "w1": jax.random.normal(k1, (64, 64)) / 8,
-    "b1": jnp.zeros(64),
-    "w2": jax.random.normal(k2, (64, 10)) / 8,
-    "b2": jnp.zeros(10),
-  }
-  return jax.tree.map(lambda a: a.astype(jnp.bfloat16), params)
-
-
-def _loss(params, x, y, mask):
-  """Masked mean cross-entropy (0 when every example is masked out)."""
-  h = jnp.tanh(x.astype(jnp.bfloat16) @ params["w1"] + params["b1"])
-  logits = (h @ params["w2"] + params["b2"]).astype(jnp.float32)
-  losses = optax.softmax_cross_entropy_with_integer_labels(logits, y)
-  return jnp.sum(mask * losses) / jnp.maximum(jnp.sum(mask), 1.0)
+# The shared digits MLP, 64 tanh units, bfloat16, the loss masked.
+_loss = functools.partial(digits.loss, activation=jnp.tanh)
 
 
 def fault_schedule(
@@ -104,16 +89,7 @@ def _training_step(clip: float | None):
   tx = optax.apply_if_finite(
     gen_optax.gen(inner, refresh_every=REFRESH_EVERY), max_consecutive_errors=5
   )
-
-  @jax.jit
-  def step(params, state, xb, yb, mask):
-    value, grads = jax.value_and_grad(_loss)(params, xb, yb, mask)
-    updates, state = tx.update(
-      grads, state, params, value_fn=lambda p: _loss(p, xb, yb, mask)
-    )
-    return optax.apply_updates(params, updates), state, value
-
-  return tx, step
+  return tx, digits.train_step(tx, _loss)
 
 
 def run(
@@ -129,11 +105,10 @@ def run(
   global norm before AdamW (inside gen).  Returns per-step records and the
   final parameters and state.
   """
-  x, y = load_digits(return_X_y=True)
-  x = (x / 16.0).astype(np.float32)
+  x, y = digits.load()
   schedule = fault_schedule(steps, per_kind, seed, kinds)
   tx, step = _training_step(clip)
-  params = _init(jax.random.key(seed))
+  params = digits.init(jax.random.key(seed), 64, jnp.bfloat16)
   state = tx.init(params)
 
   records: dict[str, list] = {
@@ -150,7 +125,7 @@ def run(
       wants_refresh = pending[0][1] in ("spike", "zero")
       if not wants_refresh or int(gen_state.count) % REFRESH_EVERY == 0:
         kind = pending.pop(0)[1]
-    params, state, value = step(params, state, *_batch(t, x, y, kind))
+    params, state, value = step(params, state, _batch(t, x, y, kind))
     gen_state = gen_optax.find_state(state)
     info = gen_state.info
     records["loss"].append(float(value))
@@ -173,7 +148,7 @@ def run(
     "steps": steps,
     "faults": injected,
     "records": records,
-    "final_loss": float(_loss(params, *full)),
+    "final_loss": float(_loss(params, full)),
     "params": params,
     "state": state,
   }

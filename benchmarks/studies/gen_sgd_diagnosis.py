@@ -23,7 +23,7 @@ import optax
 from jax.flatten_util import ravel_pytree
 
 import gen_optax
-from benchmarks import quality
+from benchmarks import digits, quality
 from benchmarks.quality_problems import QUALITY_PROBLEMS
 
 STEPS, CHECKS, PAIRS = 300, (20, 35, 50, 100, 200, 299), 32
@@ -49,12 +49,7 @@ def main() -> None:
   grad = jax.jit(jax.grad(loss_on))
   hvp = jax.jit(lambda f, idx, v: jax.jvp(lambda p: grad(p, idx), (f,), (v,))[1])
 
-  @jax.jit
-  def step(params, state, idx):
-    g = jax.grad(problem.loss)(params, (x[idx[0]], y[idx[0]]))
-    value_fn = lambda p: problem.loss(p, (x[idx[1]], y[idx[1]]))  # noqa: E731
-    u, state = tx.update(g, state, params, value_fn=value_fn)
-    return optax.apply_updates(params, u), state
+  step = digits.train_step(tx, problem.loss)
 
   rng = np.random.default_rng(1)
   for t in range(STEPS):
@@ -93,7 +88,8 @@ def main() -> None:
         f"  noise share {row['noise_share']:.2f}",
         flush=True,
       )
-    params, state = step(params, state, jnp.asarray(batches[t]))
+    i, fresh = batches[t]
+    params, state, _ = step(params, state, (x[i], y[i]), (x[fresh], y[fresh]))
   if args.out:
     args.out.write_text(json.dumps({"problem": "digits-cnn", "rows": rows}, indent=1))
 

@@ -19,55 +19,31 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from sklearn.datasets import load_digits
 
 import gen_optax
-
-
-def mlp_init(key):
-  k1, k2 = jax.random.split(key)
-  return {
-    "w1": jax.random.normal(k1, (64, 128)) / 8,
-    "b1": jnp.zeros(128),
-    "w2": jax.random.normal(k2, (128, 10)) / np.sqrt(128),
-    "b2": jnp.zeros(10),
-  }
-
-
-def loss_fn(params, x, y):
-  h = jax.nn.relu(x @ params["w1"] + params["b1"])
-  logits = h @ params["w2"] + params["b2"]
-  return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+from benchmarks import digits
 
 
 def train(variant: str, seed: int, steps: int, batch_size: int) -> float:
-  x, y = load_digits(return_X_y=True)
-  x, y = jnp.asarray(x / 16.0, jnp.float32), jnp.asarray(y)
+  x, y = digits.load()
+  x, y = jnp.asarray(x), jnp.asarray(y)
   slope_from = (
     "gradient" if variant == "fresh curvature, gradient slope" else "value_fn"
   )
   tx = gen_optax.gen(
     optax.adam(1.0), measure_along="current_update", slope_from=slope_from
   )
-  params = mlp_init(jax.random.key(seed))
+  params = digits.init(jax.random.key(seed), 128)  # ReLU units
   state = tx.init(params)
-
-  @jax.jit
-  def step(params, state, batch, probe):
-    grads = jax.grad(loss_fn)(params, *batch)
-    updates, state = tx.update(
-      grads, state, params, value_fn=lambda p: loss_fn(p, *probe)
-    )
-    return optax.apply_updates(params, updates), state
-
+  step = digits.train_step(tx, digits.loss)
   rng = np.random.default_rng(seed)
   for _ in range(steps):
     i = rng.choice(len(x), batch_size, replace=False)
     j = rng.choice(len(x), batch_size, replace=False)
     batch = (x[i], y[i])
     probe = batch if variant == "gradient's batch" else (x[j], y[j])
-    params, state = step(params, state, batch, probe)
-  return float(loss_fn(params, x, y))
+    params, state, _ = step(params, state, batch, probe)
+  return float(digits.loss(params, (x, y)))
 
 
 def main():
