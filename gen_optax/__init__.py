@@ -12,6 +12,7 @@ from gen_optax._src.flax_utils import nnx_value_fn as nnx_value_fn
 from gen_optax._src.fused import value_and_grad as value_and_grad
 from gen_optax._src.gen import gen as gen
 from gen_optax._src.line import LineMeasurement as LineMeasurement
+from gen_optax._src.line import Probes as Probes
 from gen_optax._src.line import auto_mode as auto_mode
 from gen_optax._src.line import measure_line as measure_line
 from gen_optax._src.rule import RuleState as RuleState
@@ -29,6 +30,7 @@ __all__ = (
   "GeNState",
   "LineMeasurement",
   "MultiStepsState",
+  "Probes",
   "RuleState",
   "Status",
   "auto_mode",

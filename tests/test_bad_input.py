@@ -53,16 +53,28 @@ GEN_ARGUMENTS = [
   (dict(total_steps=2.5), TypeError, "total_steps=2.5"),
   (dict(step_dtype=jnp.int32), TypeError, "step_dtype="),
   (
-    dict(mode="probes", probe_multipliers=(0.0, 1.0)),
+    dict(mode=gen_optax.Probes(multipliers=(0.0, 1.0))),
     ValueError,
-    r"probe_multipliers=\(0.0, 1.0\)",
+    r"multipliers=\(0.0, 1.0\)",
   ),
   (
-    dict(mode="probes", probe_multipliers=(1.0, 1.0, 0.0)),
+    dict(mode=gen_optax.Probes(multipliers=(1.0, 1.0, 0.0))),
     ValueError,
     "at least two distinct",
   ),
-  (dict(mode="probes", min_r2=1.5), ValueError, "min_r2=1.5"),
+  (
+    dict(mode=gen_optax.Probes(multipliers=("a", 1.0))),
+    TypeError,
+    "Probes.multipliers must be a sequence of numbers",
+  ),
+  (dict(mode=gen_optax.Probes(min_r2=1.5)), ValueError, "min_r2=1.5"),
+  (
+    dict(mode=("probes",)),
+    ValueError,
+    r"or a gen_optax.Probes, got mode=\('probes',\)",
+  ),
+  # The probe settings are one argument now (mode=Probes(...)).
+  (dict(probe_multipliers=(-1.0, 1.0)), TypeError, "probe_multipliers"),
 ]
 
 

@@ -13,8 +13,8 @@ from gen_optax import Status
 
 PROBE_VARIANTS = [
   dict(mode="probes"),
-  dict(mode="probes", probe_multipliers=(-2.0, -1.0, 0.0, 1.0, 2.0)),
-  dict(mode="probes", probe_multipliers=(0.5, 1.0, 2.0)),
+  dict(mode=gen_optax.Probes(multipliers=(-2.0, -1.0, 0.0, 1.0, 2.0))),
+  dict(mode=gen_optax.Probes(multipliers=(0.5, 1.0, 2.0))),
   dict(mode="one-probe", slope_from="value_fn"),
   dict(mode="one-probe", slope_from="gradient"),
 ]
@@ -105,9 +105,8 @@ def test_r2_gate_rejects_a_non_quadratic_profile_and_keeps_alpha():
   for points in ((-1.0, 0.0, 1.0), (-2.0, -1.0, 0.0, 1.0, 2.0)):
     tx = gen_optax.gen(
       optax.sgd(1.0),
-      mode="probes",
+      mode=gen_optax.Probes(multipliers=points),
       measure_along="current_update",
-      probe_multipliers=points,
       init_learning_rate=0.5,
     )
     _, state = tx.update(grads, tx.init(params), params, value_fn=loss)

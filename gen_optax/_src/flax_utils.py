@@ -4,7 +4,7 @@ Flax is an optional dependency (``pip install gen_optax[flax]``): it is
 imported when these functions are called, not when ``gen_optax`` is.
 """
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -12,7 +12,7 @@ import optax
 
 from gen_optax._src import fused as fused_lib
 from gen_optax._src import line as line_lib
-from gen_optax._src.line import LineMeasurement, Mode
+from gen_optax._src.line import LineMeasurement, Mode, Probes
 
 
 def nnx_value_fn(
@@ -100,8 +100,7 @@ def nnx_value_and_grad(
   loss_fn: Callable[..., Any],
   *,
   has_aux: bool = False,
-  mode: Mode = "auto",
-  probe_multipliers: Sequence[float] = (-1.0, 0.0, 1.0),
+  mode: Mode | Probes = "auto",
   refresh: bool = True,
   wrt: Any = None,
 ) -> Callable[..., tuple[tuple[Any, Any], LineMeasurement | None]]:
@@ -119,8 +118,8 @@ def nnx_value_and_grad(
     loss_fn: ``loss_fn(model, *args, **kwargs) -> scalar`` (or
       ``(scalar, aux)`` with ``has_aux``).
     has_aux: whether ``loss_fn`` returns ``(loss, aux)``.
-    mode: how the line is measured, one of :func:`measure_line`'s modes.
-    probe_multipliers: the probe points of ``mode="probes"``.
+    mode: how the line is measured, one of :func:`measure_line`'s modes
+      (a :class:`Probes` for the probe points of ``"probes"``).
     refresh: a static Python bool; ``False`` skips the measurement
       (``line=None``); pass the same flag to ``optimizer.update``.
     wrt: the filter of the trained state, as given to ``nnx.Optimizer``
@@ -154,7 +153,7 @@ def nnx_value_and_grad(
   """
   from flax import nnx  # optional dependency
 
-  fused_lib.validate_settings(mode, probe_multipliers, refresh)
+  fused_lib.validate_settings(mode, refresh)
   trained = nnx.Param if wrt is None else wrt
 
   def value_grad_and_line(
@@ -186,7 +185,6 @@ def nnx_value_and_grad(
         direction,
         has_aux=True,
         mode=mode,
-        probe_multipliers=probe_multipliers,
       )
     else:
       ((value, (aux, changed)), grads), line = (

@@ -1,6 +1,6 @@
 """Loss, gradient and GeN's line measurement in one traced computation."""
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -8,7 +8,7 @@ import optax
 
 from gen_optax._src import line as line_lib
 from gen_optax._src.checks import scalar_loss
-from gen_optax._src.line import LineMeasurement, Mode
+from gen_optax._src.line import LineMeasurement, Mode, Probes
 from gen_optax._src.state import find_state
 
 __all__ = ("previous_step", "value_and_grad")
@@ -32,11 +32,9 @@ def previous_step(opt_state: optax.OptState) -> optax.Updates:
   return direction
 
 
-def validate_settings(
-  mode: Any, probe_multipliers: Sequence[float], refresh: Any
-) -> None:
+def validate_settings(mode: Any, refresh: Any) -> None:
   """Raises ValueError/TypeError for bad settings of the fused helpers."""
-  line_lib.validate_mode(mode, probe_multipliers)
+  line_lib.resolve_mode(mode)
   if not isinstance(refresh, bool):
     raise TypeError(
       f"refresh must be a Python bool known at trace time, got refresh={refresh!r}."
@@ -47,8 +45,7 @@ def value_and_grad(
   fun: Callable[..., Any],
   *,
   has_aux: bool = False,
-  mode: Mode = "auto",
-  probe_multipliers: Sequence[float] = (-1.0, 0.0, 1.0),
+  mode: Mode | Probes = "auto",
   refresh: bool = True,
 ) -> Callable[..., tuple[tuple[Any, Any], LineMeasurement | None]]:
   r"""``jax.value_and_grad`` that also measures the loss along GeN's line.
@@ -74,9 +71,8 @@ def value_and_grad(
     fun: the loss, ``fun(params, *args, **kwargs) -> scalar`` (or
       ``(scalar, aux)`` with ``has_aux``), as for ``jax.value_and_grad``.
     has_aux: whether ``fun`` returns ``(loss, aux)``.
-    mode: how the line is measured, one of :func:`measure_line`'s modes.
-    probe_multipliers: the probe points of ``mode="probes"``, in units of
-      :math:`d`.
+    mode: how the line is measured, one of :func:`measure_line`'s modes
+      (a :class:`Probes` for the probe points of ``"probes"``).
     refresh: a static Python bool; ``False`` skips the measurement (returns
       ``line=None``), for the steps between lazy refreshes; pass the same
       flag as ``refresh=`` to ``tx.update``.
@@ -116,7 +112,7 @@ def value_and_grad(
     ...       jnp.allclose(line.slope, grads @ d))
     True True
   """
-  validate_settings(mode, probe_multipliers, refresh)
+  validate_settings(mode, refresh)
   fun = scalar_loss(fun, "fun", has_aux)
 
   def value_grad_and_line(
@@ -133,7 +129,6 @@ def value_and_grad(
       previous_step(opt_state),
       has_aux=has_aux,
       mode=mode,
-      probe_multipliers=probe_multipliers,
     )
     return (value, grads), line
 

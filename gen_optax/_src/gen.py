@@ -1,7 +1,7 @@
 """GeN: the generalized-Newton learning rate of any optax optimizer."""
 
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, Literal, get_args
 
 import jax
@@ -18,9 +18,9 @@ from gen_optax._src.checks import (
   check_range,
   check_transformation,
 )
-from gen_optax._src.line import LineMeasurement, Mode
+from gen_optax._src.line import LineMeasurement, Mode, Probes
 from gen_optax._src.rule import Status
-from gen_optax._src.state import GeNInfo, GeNState, initial_info
+from gen_optax._src.state import GeNInfo, GeNState, initial_info, refreshed_info
 from gen_optax._src.update_checks import check_extra_args, check_update_call
 
 SlopeFrom = Literal["value_fn", "gradient"]
@@ -69,11 +69,62 @@ def _horizon(count: jax.Array, total_steps: Any, dtype: Any) -> jax.Array:
   return 0.5 * (1 + jnp.cos(jnp.pi * done / total_steps))
 
 
-def _step_back(state: GeNState, updates: optax.Updates) -> optax.Updates:
-  """The update that takes the last step back (zero along the current update)."""
+def _refresh_or_keep(
+  refresh: bool | None,
+  refresh_every: int,
+  count: jax.Array,
+  do_refresh: Callable[[], Any],
+  keep: Callable[[], Any],
+) -> Any:
+  """``do_refresh()`` on the steps that refresh, else ``keep()``.
+
+  The static ``refresh`` flag decides at trace time; otherwise every
+  ``refresh_every``-th step, under ``lax.cond``, so that only the taken branch
+  runs: the steps between refreshes pay no curvature.
+  """
+  if refresh is not None:
+    return do_refresh() if refresh else keep()
+  if refresh_every == 1:
+    return do_refresh()
+  return jax.lax.cond(count % refresh_every == 0, do_refresh, keep)
+
+
+def _step_size(
+  rule: rule_lib.RuleState,
+  count: jax.Array,
+  multiplier: float | optax.Schedule,
+  total_steps: Any,
+  burst: jax.Array,
+) -> jax.Array:
+  """α times the multiplier and the burst bound (and the horizon's cosine)."""
+  rate = rule.learning_rate
+  factor = multiplier(count) if callable(multiplier) else multiplier
+  factor = jnp.asarray(factor, rate.dtype) * burst
+  if total_steps is not None:
+    # A horizon: the peak α found so far, decayed by a cosine to zero at
+    # total_steps.  Not α itself: shorter steps let the sharpness grow,
+    # which lowers the measured α, and a decayed α would decay again.
+    rate = rule.peak_rate
+    factor = factor * _horizon(count, total_steps, rate.dtype)
+  return rate * factor
+
+
+def _take_back(
+  spiked: jax.Array,
+  state: GeNState,
+  inner_state: optax.OptState,
+  updates: optax.Updates,
+) -> tuple[optax.OptState, optax.Updates]:
+  """After a loss spike: the old inner state, and the step that led here back.
+
+  The spike's gradient does not enter the inner state.  Measuring along the
+  current update there is no step to take back: the update is zero.
+  """
   if isinstance(state.previous_step, optax.EmptyState):
-    return optax.tree.zeros_like(updates)
-  return jax.tree.map(lambda d, u: (-d).astype(u.dtype), state.previous_step, updates)
+    back = optax.tree.zeros_like(updates)
+  else:
+    back = jax.tree.map(lambda d, u: (-d).astype(u.dtype), state.previous_step, updates)
+  return _where(spiked, state.inner_state, inner_state), _where(spiked, back, updates)
 
 
 def _unchecked(like: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -107,6 +158,7 @@ def _check_settings(
   slope_from: Any,
   refresh_every: Any,
   multiplier: Any,
+  axis_name: Any,
   step_dtype: Any,
   total_steps: Any,
 ) -> None:
@@ -132,6 +184,10 @@ def _check_settings(
       multiplier,
       lambda m: m > 0,
       "be > 0 or an optax schedule (a function of the step count)",
+    )
+  if axis_name is not None and not isinstance(axis_name, str | tuple):
+    raise TypeError(
+      f"axis_name must be a str, a tuple of str or None, got axis_name={axis_name!r}."
     )
   if step_dtype is not None:
     try:
@@ -161,7 +217,7 @@ def _check_settings(
 def gen(
   inner: optax.GradientTransformation,
   *,
-  mode: Mode = "auto",
+  mode: Mode | Probes = "auto",
   measure_along: MeasureAlong = "previous_step",
   slope_from: SlopeFrom = "value_fn",
   init_learning_rate: float = 1e-3,
@@ -173,8 +229,6 @@ def gen(
   max_growth: float | None = 1.02,
   refresh_every: int = 1,
   multiplier: float | optax.Schedule = 1.0,
-  probe_multipliers: Sequence[float] = (-1.0, 0.0, 1.0),
-  min_r2: float | None = 0.99,
   axis_name: str | tuple[str, ...] | None = None,
   step_dtype: Any = None,
   total_steps: int | None = None,
@@ -223,7 +277,8 @@ def gen(
       forward-over-forward, or forward-over-reverse where an operation has
       no forward-mode rule; :func:`auto_mode` tells which),
       ``"forward-over-reverse"``, ``"forward-over-forward"``, ``"probes"``
-      or ``"one-probe"`` (forward passes only); see docs/modes.md.
+      or ``"one-probe"`` (forward passes only), or a :class:`Probes` with
+      the probe points and the fit's least :math:`R^2`; see docs/modes.md.
     measure_along: ``"previous_step"`` (one batch suffices) or
       ``"current_update"`` (give ``value_fn`` an independent batch).
     slope_from: ``"value_fn"`` or ``"gradient"`` (⟨g, d⟩: the forward-only
@@ -243,9 +298,6 @@ def gen(
       steps in between reuse it, do no curvature work and store no step.
     multiplier: :math:`m(t) > 0`, a number or an optax schedule of the step
       count; a number may be injected with ``optax.inject_hyperparams``.
-    probe_multipliers: the probe points :math:`s_i` of ``mode="probes"``.
-    min_r2: the least :math:`R^2` a probe fit of more than three points must
-      reach; ``None`` disables the gate.
     axis_name: under ``shard_map``/``pmap``, the mapped axis name(s) over
       which measurements are averaged (not needed under ``jax.jit``).
     step_dtype: dtype of the stored previous step (one params-sized buffer);
@@ -292,7 +344,7 @@ def gen(
     method*, ICLR 2025, https://arxiv.org/abs/2407.02772
   """
   check_transformation(inner, "inner", "optax.adam(1.0)")
-  line_lib.validate_mode(mode, probe_multipliers, min_r2)
+  mode_name, probes = line_lib.resolve_mode(mode)
   settings = rule_lib.RuleSettings(
     init_learning_rate=init_learning_rate,
     min_learning_rate=min_learning_rate,
@@ -304,17 +356,22 @@ def gen(
   )
   rule_lib.check_settings(settings)
   _check_settings(  # gen's own settings, in the order of its signature
-    measure_along, slope_from, refresh_every, multiplier, step_dtype, total_steps
+    measure_along,
+    slope_from,
+    refresh_every,
+    multiplier,
+    axis_name,
+    step_dtype,
+    total_steps,
   )
-  if axis_name is not None and not isinstance(axis_name, str | tuple):
-    raise TypeError(
-      f"axis_name must be a str, a tuple of str or None, got axis_name={axis_name!r}."
-    )
   inner_takes_extra_args = isinstance(inner, optax.GradientTransformationExtraArgs)
   inner = optax.with_extra_args_support(inner)
-  gate_fit = mode == "probes" and min_r2 is not None and len(probe_multipliers) > 3
+  gate_fit = (
+    mode_name == "probes" and probes.min_r2 is not None and len(probes.multipliers) > 3
+  )
   lookback = measure_along == "previous_step"
   stores_by_schedule = lookback and refresh_every > 1
+  clips = lookback and settings.trust_ratio is not None
 
   def init_fn(params: optax.Params) -> GeNState:
     check_floating(params)
@@ -350,32 +407,23 @@ def gen(
     line: LineMeasurement | None,
     params: optax.Params,
     grads: optax.Updates,
-    update: optax.Updates | None,
-  ) -> tuple[rule_lib.RuleState, GeNInfo]:
-    """Measures the loss along a line and enters it into the rule."""
-    info, dtype = state.info, state.learning_rate.dtype
-    changed = (
-      step_check_lib.step_changed(
-        params,
-        state.previous_step,
-        state.step_check,
-        state.step_check_tolerance,
-        dtype,
-      )
-      if lookback
-      else jnp.asarray(False)
-    )
-    direction = state.previous_step if lookback else update
+    update: optax.Updates,
+  ) -> tuple[rule_lib.RuleState, GeNInfo, jax.Array, jax.Array]:
+    """Measures the loss along a line and enters it into the rule.
+
+    Returns the rule's state, the diagnostics, the factor that bounds the
+    coming step's burst, and whether the loss spiked.
+    """
+    dtype = state.learning_rate.dtype
     line, norm = measurement_lib.measure(
       value_fn,
       line,
       params,
       grads,
-      direction,
+      state.previous_step if lookback else update,
       learning_rate=state.learning_rate,
       lookback=lookback,
       mode=mode,
-      probe_multipliers=probe_multipliers,
       slope_from=slope_from,
       axis_name=axis_name,
     )
@@ -385,24 +433,53 @@ def gen(
       # Along the previous step d = r₋u₋ (r₋ = m₋α₋): u₋ has length ‖d‖/r₋.
       rate=state.previous_rate if lookback else jnp.ones((), dtype),
       lookback=lookback,
-      min_r2=min_r2 if gate_fit else None,
+      min_r2=probes.min_r2 if gate_fit else None,
       # The steps between scheduled refreshes store no step.
       stale=state.count % refresh_every != 0 if stores_by_schedule else False,
     )
     rule, status, weight = rule_lib.refresh(state.rule, measured, settings)
-    new_info = GeNInfo(
-      raw_learning_rate=-measured.slope
-      / (jnp.abs(measured.curvature) * measured.length),
-      slope=line.slope,
-      curvature=line.curvature,
-      loss=line.loss,
-      fit_r2=line.fit_r2,
-      weight=weight,
-      status=status,
-      num_refreshes=optax.safe_increment(info.num_refreshes),
-      num_changed_steps=info.num_changed_steps + changed.astype(jnp.int32),
-    )
-    return rule, new_info
+    changed = jnp.asarray(False)
+    if lookback:
+      changed = step_check_lib.step_changed(
+        params, state.previous_step, state.step_check, state.step_check_tolerance, dtype
+      )
+    info = refreshed_info(state.info, line, measured, status, weight, changed)
+    burst = jnp.ones((), dtype)
+    if clips:
+      burst = _burst_scale(update, rule.last_length, settings.trust_ratio)
+    return rule, info, burst, status == Status.LOSS_SPIKE
+
+  def store_step(
+    state: GeNState,
+    params: optax.Params,
+    applied: optax.Updates,
+    step_size: jax.Array,
+    spiked: jax.Array,
+    refresh: bool | None,
+  ) -> tuple[optax.Updates, jax.Array, jax.Array]:
+    """The step the next refresh measures along, and its step check.
+
+    Put last, gen's step is the step applied; the check tells if it was.
+    """
+    if not lookback:
+      return state.previous_step, state.step_check, state.step_check_tolerance
+
+    def store(checked: bool) -> tuple[optax.Updates, jax.Array, jax.Array]:
+      return _store(params, applied, step_size, spiked, step_dtype, checked=checked)
+
+    if stores_by_schedule:
+      # Only before a scheduled refresh, whatever the flag: the steps in
+      # between write no params-sized step and pay nothing for the check.
+      # A refresh off the schedule finds the step stale (Status.STALE_STEP).
+      return jax.lax.cond(
+        (state.count + 1) % refresh_every == 0,
+        lambda: store(checked=True),
+        lambda: (state.previous_step, *_unchecked(step_size)),
+      )
+    # Under static flags the next step's flag is unknown, and a step that
+    # does not refresh makes no check (a static loop is checked where a
+    # refresh follows a refresh).
+    return store(checked=refresh is not False)
 
   def update_fn(
     updates: optax.Updates,
@@ -427,72 +504,22 @@ def gen(
     grads = updates
     if value_fn is not None:
       extra_args["value_fn"] = value_fn  # inner line searches take it too
-
     update, inner_state = inner.update(grads, state.inner_state, params, **extra_args)
-    clips = lookback and settings.trust_ratio is not None
-
-    def do_refresh() -> tuple[Any, GeNInfo, jax.Array, jax.Array]:
-      rule, info = refresh_rule(state, value_fn, line, params, grads, update)
-      scale = jnp.ones((), rule.learning_rate.dtype)
-      if clips:
-        scale = _burst_scale(update, rule.last_length, settings.trust_ratio)
-      return rule, info, jnp.asarray(True), scale
-
-    def keep() -> tuple[Any, GeNInfo, jax.Array, jax.Array]:
-      one = jnp.ones((), state.rule.learning_rate.dtype)
-      return state.rule, state.info, jnp.asarray(False), one
-
-    if refresh is not None:
-      rule, info, did_refresh, scale = do_refresh() if refresh else keep()
-    elif refresh_every == 1:
-      rule, info, did_refresh, scale = do_refresh()
-    else:
-      # Only the taken branch runs: steps between refreshes pay no curvature.
-      rule, info, did_refresh, scale = jax.lax.cond(
-        state.count % refresh_every == 0, do_refresh, keep
-      )
-    factor = multiplier(state.count) if callable(multiplier) else multiplier
-    factor = jnp.asarray(factor, rule.learning_rate.dtype) * scale
-    rate = rule.learning_rate
-    if total_steps is not None:
-      # A horizon: the peak α found so far, decayed by a cosine to zero at
-      # total_steps.  Not α itself: shorter steps let the sharpness grow,
-      # which lowers the measured α, and a decayed α would decay again.
-      rate = rule.peak_rate
-      factor = factor * _horizon(state.count, total_steps, rate.dtype)
-    step_size = rate * factor
+    one, no = jnp.ones_like(state.learning_rate), jnp.asarray(False)
+    rule, info, burst, spiked = _refresh_or_keep(
+      refresh,
+      refresh_every,
+      state.count,
+      lambda: refresh_rule(state, value_fn, line, params, grads, update),
+      lambda: (state.rule, state.info, one, no),  # no burst bound, no spike
+    )
+    step_size = _step_size(rule, state.count, multiplier, total_steps, burst)
     new_updates = jax.tree.map(lambda u: (step_size * u).astype(u.dtype), update)
-    spiked = jnp.asarray(False)
     if refresh is not False and settings.trust_ratio is not None:
-      # A loss spike: the batch's gradient does not enter the inner state, and
-      # the step that led here is taken back.
-      spiked = did_refresh & (info.status == Status.LOSS_SPIKE)
-      inner_state = _where(spiked, state.inner_state, inner_state)
-      new_updates = _where(spiked, _step_back(state, new_updates), new_updates)
-    previous_step = state.previous_step
-    check, tolerance = state.step_check, state.step_check_tolerance
-    if lookback:
-      # The next refresh measures along this step (gen last: the step
-      # applied is d) and checks that it was applied.
-      def store(checked: bool) -> tuple[optax.Updates, jax.Array, jax.Array]:
-        return _store(
-          params, new_updates, step_size, spiked, step_dtype, checked=checked
-        )
-
-      if stores_by_schedule:
-        # Only before a scheduled refresh, whatever the flag: the steps in
-        # between write no params-sized step and pay nothing for the check.
-        # A refresh off the schedule finds the step stale (Status.STALE_STEP).
-        previous_step, check, tolerance = jax.lax.cond(
-          (state.count + 1) % refresh_every == 0,
-          lambda: store(checked=True),
-          lambda: (state.previous_step, *_unchecked(step_size)),
-        )
-      else:
-        # Under static flags the next step's flag is unknown, and a step that
-        # does not refresh makes no check (a static loop is checked where a
-        # refresh follows a refresh).
-        previous_step, check, tolerance = store(checked=refresh is not False)
+      inner_state, new_updates = _take_back(spiked, state, inner_state, new_updates)
+    previous_step, check, tolerance = store_step(
+      state, params, new_updates, step_size, spiked, refresh
+    )
     new_state = GeNState(
       count=optax.safe_increment(state.count),
       rule=rule,

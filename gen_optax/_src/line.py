@@ -26,6 +26,31 @@ Mode = Literal[
 ]
 
 
+class Probes(NamedTuple):
+  r"""``mode="probes"`` with its settings (``mode="probes"`` is ``Probes()``).
+
+  The least-squares quadratic fit of the losses at
+  :math:`\theta + s_i h d` (the paper's Algorithm 1, forward passes only).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import gen_optax
+    >>> q = lambda p: jnp.sum((p - 1.0) ** 2)  # a quadratic: an exact fit
+    >>> mode = gen_optax.Probes(multipliers=(-2.0, -1.0, 1.0, 2.0))
+    >>> m = gen_optax.measure_line(q, jnp.zeros(2), jnp.ones(2), mode=mode,
+    ...                            step_size=0.1)
+    >>> [round(float(v), 4) for v in m]
+    [2.0, -4.0, 4.0, 1.0]
+  """
+
+  #: the :math:`s_i`, in units of the probe step :math:`h d`: at least two
+  #: distinct non-zero values; zeros cost nothing (the known point)
+  multipliers: Sequence[float] = (-1.0, 0.0, 1.0)
+  #: the least :math:`R^2` a fit of more than three points must reach, or
+  #: :func:`gen` discards it (``Status.POOR_FIT``); ``None``: no gate
+  min_r2: float | None = 0.99
+
+
 class LineMeasurement(NamedTuple):
   r"""The loss along a direction :math:`d` at :math:`\theta`, at ``t = 0``."""
 
@@ -310,25 +335,34 @@ MODES: dict[str, _Measure] = {
 }
 
 
-def validate_mode(
-  mode: Any, probe_multipliers: Sequence[float], min_r2: Any = None
-) -> None:
-  """Raises ValueError/TypeError naming a bad mode, probe set or R² gate."""
-  if mode not in MODES:
-    raise ValueError(f"mode must be one of {tuple(MODES)}, got mode={mode!r}.")
+def resolve_mode(mode: Any) -> tuple[str, Probes]:
+  """The name of ``mode`` and its probe settings; raises for a bad one.
+
+  Raises ValueError/TypeError naming a bad mode, probe set or R² gate.
+  """
+  if isinstance(mode, Probes):
+    name, probes = "probes", mode
+  elif isinstance(mode, str) and mode in MODES:
+    name, probes = mode, Probes()
+  else:
+    raise ValueError(
+      f"mode must be one of {tuple(MODES)} or a gen_optax.Probes, got mode={mode!r}."
+    )
+  multipliers = probes.multipliers
   try:
-    values = [float(m) for m in probe_multipliers]
+    values = [float(m) for m in multipliers]
   except (TypeError, ValueError):
     raise TypeError(
-      "probe_multipliers must be a sequence of numbers, "
-      f"got probe_multipliers={probe_multipliers!r}."
+      "Probes.multipliers must be a sequence of numbers, "
+      f"got multipliers={multipliers!r}."
     ) from None
   if len(set(values) - {0.0}) < 2:
     raise ValueError(
-      "probe_multipliers need at least two distinct non-zero values, "
-      f"got probe_multipliers={probe_multipliers!r}."
+      "Probes.multipliers need at least two distinct non-zero values, "
+      f"got multipliers={multipliers!r}."
     )
-  check_range("min_r2", min_r2, lambda r2: r2 <= 1, "be <= 1 or None")
+  check_range("min_r2", probes.min_r2, lambda r2: r2 <= 1, "be <= 1 or None")
+  return name, probes
 
 
 def measure_line(
@@ -336,9 +370,8 @@ def measure_line(
   params: Any,
   direction: Any,
   *,
-  mode: Mode = "auto",
+  mode: Mode | Probes = "auto",
   step_size: jax.typing.ArrayLike = 1.0,
-  probe_multipliers: Sequence[float] = (-1.0, 0.0, 1.0),
   loss: jax.typing.ArrayLike | None = None,
   gradient: Any = None,
 ) -> LineMeasurement:
@@ -359,7 +392,8 @@ def measure_line(
   * ``"forward-over-forward"``: ``jax.jvp`` of ``jax.jvp`` gives :math:`f'(0)`
     and :math:`f''(0)` directly.  Exact; stores no backward activations, but
     needs a forward-mode rule for every operation.
-  * ``"probes"``: the least-squares fit, with
+  * ``"probes"`` (or a :class:`Probes` with its multipliers): the
+    least-squares fit, with
     :math:`y_i = L(\theta + s_i h d) - L(\theta)`,
 
     .. math::
@@ -382,11 +416,10 @@ def measure_line(
     direction: :math:`d`, a pytree with the structure of ``params`` (cast to
       its dtypes).
     mode: one of ``"auto"``, ``"forward-over-reverse"``,
-      ``"forward-over-forward"``, ``"probes"``, ``"one-probe"``.
+      ``"forward-over-forward"``, ``"probes"``, ``"one-probe"``, or a
+      :class:`Probes` (the :math:`s_i` of ``"probes"``).
     step_size: :math:`h`, the probe step in units of ``direction`` (probe
       modes only).
-    probe_multipliers: the :math:`s_i` of ``"probes"``: at least two distinct
-      non-zero values; zeros cost nothing (the known point :math:`y = 0`).
     loss: :math:`L(\theta)` if already known (saves the probe modes one
       forward pass); it must be ``value_fn(params)``.
     gradient: :math:`\nabla L(\theta)` of ``value_fn`` if already known; the
@@ -397,7 +430,7 @@ def measure_line(
     in the loss's dtype, at least float32 (``fit_r2`` is 1 for exact modes).
 
   Raises:
-    ValueError, TypeError: for an unknown ``mode`` or bad ``probe_multipliers``;
+    ValueError, TypeError: for an unknown ``mode`` or bad :class:`Probes`;
       (as JAX raises them) when a forward-mode ``mode`` meets an operation
       without a forward-mode rule, naming the modes that work instead.
 
@@ -415,14 +448,14 @@ def measure_line(
     >>> [round(float(v), 4) for v in m]
     [2.0, -4.0, 4.0, 1.0]
   """
-  validate_mode(mode, probe_multipliers)
+  name, probes = resolve_mode(mode)
   check_like(direction, "direction", params, "params")
-  return MODES[mode](
+  return MODES[name](
     scalar_loss(value_fn, "value_fn"),
     params,
     cast_like(direction, params),
     step_size=jnp.asarray(step_size),
-    probe_multipliers=probe_multipliers,
+    probe_multipliers=probes.multipliers,
     loss=None if loss is None else jnp.asarray(loss),
     gradient=gradient,
   )
@@ -434,9 +467,8 @@ def value_grad_and_line(
   direction: Any,
   *,
   has_aux: bool = False,
-  mode: Mode = "auto",
+  mode: Mode | Probes = "auto",
   step_size: jax.typing.ArrayLike = 1.0,
-  probe_multipliers: Sequence[float] = (-1.0, 0.0, 1.0),
 ) -> tuple[Any, Any, LineMeasurement]:
   r"""``jax.value_and_grad(fun)(params)`` and the line along ``direction``.
 
@@ -450,7 +482,7 @@ def value_grad_and_line(
     ``(value, grads, measurement)``, ``value`` being ``(loss, aux)`` when
     ``has_aux``.
   """
-  validate_mode(mode, probe_multipliers)
+  name, probes = resolve_mode(mode)
   check_like(direction, "the previous step", params, "params")
   direction = cast_like(direction, params)
   fun = scalar_loss(fun, "fun", has_aux)
@@ -462,18 +494,18 @@ def value_grad_and_line(
   def value_fn(p: Any) -> jax.Array:
     return fun_with_aux(p)[0]
 
-  if mode == "auto":
-    mode = _exact_mode(value_fn, params, direction)
-  if mode == "forward-over-reverse":
+  if name == "auto":
+    name = _exact_mode(value_fn, params, direction)
+  if name == "forward-over-reverse":
     loss, aux, grads, measurement = _reverse(fun_with_aux, params, direction)
   else:
     (loss, aux), grads = jax.value_and_grad(fun_with_aux, has_aux=True)(params)
-    measurement = MODES[mode](
+    measurement = MODES[name](
       value_fn,
       params,
       direction,
       step_size=jnp.asarray(step_size),
-      probe_multipliers=probe_multipliers,
+      probe_multipliers=probes.multipliers,
       loss=loss,
       gradient=grads,
     )

@@ -6,7 +6,7 @@ turns them into the rule's :class:`~gen_optax._src.rule.Measurement`: per unit
 length, at the line's start, with the reason to discard it if any.
 """
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -29,7 +29,6 @@ def measure(
   learning_rate: jax.Array,
   lookback: bool,
   mode: Any,
-  probe_multipliers: Sequence[float],
   slope_from: str,
   axis_name: str | tuple[str, ...] | None,
 ) -> tuple[LineMeasurement, jax.Array]:
@@ -54,7 +53,6 @@ def measure(
       direction,
       mode=mode,
       step_size=jnp.ones((), dtype) if lookback else learning_rate,
-      probe_multipliers=probe_multipliers,
       gradient=grads if slope_from == "gradient" else None,
     )
   loss, slope, curvature, fit_r2 = (jnp.asarray(x, dtype) for x in line)

@@ -53,6 +53,32 @@ def initial_info(dtype: Any) -> GeNInfo:
   )
 
 
+def refreshed_info(
+  info: GeNInfo,
+  line: Any,
+  measured: rule_lib.Measurement,
+  status: jax.Array,
+  weight: jax.Array,
+  changed: jax.Array,
+) -> GeNInfo:
+  """The diagnostics after a refresh that measured ``line``.
+
+  ``measured``: the rule's view of it (per unit length); ``changed``: whether
+  the step check found the params moved by other than gen's step.
+  """
+  return GeNInfo(
+    raw_learning_rate=-measured.slope / (jnp.abs(measured.curvature) * measured.length),
+    slope=line.slope,
+    curvature=line.curvature,
+    loss=line.loss,
+    fit_r2=line.fit_r2,
+    weight=weight,
+    status=status,
+    num_refreshes=optax.safe_increment(info.num_refreshes),
+    num_changed_steps=info.num_changed_steps + changed.astype(jnp.int32),
+  )
+
+
 class GeNState(NamedTuple):
   """State of :func:`gen`."""
 
