@@ -135,6 +135,11 @@ CASES = {
   ),
   "line of the wrong type": (_update(line=3.0), TypeError, "line=3.0"),
   "refresh that is not a bool": (_update(refresh="yes"), TypeError, "refresh='yes'"),
+  "refresh_next that is not a bool": (
+    _update(refresh_next=1),
+    TypeError,
+    "refresh_next must be a Python bool.*refresh_next=1",
+  ),
   "a misspelt extra argument": (_update(refersh=True), TypeError, "refersh"),
   # gen's init
   "integer params": (

@@ -6,8 +6,9 @@ from pathlib import Path
 import pytest
 
 DOCS = Path(__file__).parent.parent / "docs"
-# The how-to pages and the quickstart: each page's blocks run as one script.
-HOWTO = [*sorted(DOCS.glob("howto/*.md")), DOCS / "quickstart.md"]
+# The how-to pages, the quickstart and the modes page (its static-flag loop):
+# each page's blocks run as one script.
+HOWTO = [*sorted(DOCS.glob("howto/*.md")), DOCS / "quickstart.md", DOCS / "modes.md"]
 BLOCK = re.compile(r"^```python\n(.*?)^```", re.DOTALL | re.MULTILINE)
 
 
@@ -21,6 +22,7 @@ def test_every_howto_page_has_code():
     "multihost",
     "checkpointing",
     "quickstart",
+    "modes",
   }
   for page in HOWTO:
     assert BLOCK.findall(page.read_text()), page

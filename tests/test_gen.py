@@ -744,8 +744,19 @@ def test_static_refresh_flag_matches_the_lax_cond_schedule(x64, mode):
   assert len(evaluations) == 3 * per_refresh and per_refresh >= 1
 
 
-@pytest.mark.parametrize("static", [False, True], ids=["lax.cond", "static flag"])
-def test_steps_between_refreshes_store_no_step(x64, static):
+STORE_SCHEDULES = {
+  # refresh_every=k: how the step before each refresh comes to store itself
+  "lax.cond": lambda t, k: {},
+  "static flag": lambda t, k: {"refresh": t % k == 0},
+  "told refresh_next": lambda t, k: {
+    "refresh": t % k == 0,
+    "refresh_next": (t + 1) % k == 0,
+  },
+}
+
+
+@pytest.mark.parametrize("schedule", STORE_SCHEDULES)
+def test_steps_between_refreshes_store_no_step(x64, schedule):
   """With refresh_every=k only the step before a refresh stores itself.
 
   The stored step is then the step applied just before each refresh (what
@@ -756,19 +767,21 @@ def test_steps_between_refreshes_store_no_step(x64, static):
   k = 3
   tx = gen_optax.gen(optax.adam(1.0), refresh_every=k)
 
-  @functools.partial(jax.jit, static_argnames="refresh")
-  def step(p, s, refresh=None):
-    updates, s = tx.update(jax.grad(loss)(p), s, p, value_fn=loss, refresh=refresh)
+  @functools.partial(jax.jit, static_argnames=("refresh", "refresh_next"))
+  def step(p, s, refresh=None, refresh_next=None):
+    updates, s = tx.update(
+      jax.grad(loss)(p), s, p, value_fn=loss, refresh=refresh, refresh_next=refresh_next
+    )
     return optax.apply_updates(p, updates), s, updates
 
   state = tx.init(params)
   for t in range(8):
-    flag = (t % k == 0) if static else None
     before = state.previous_step
-    params, state, updates = step(params, state, refresh=flag)
+    params, state, updates = step(params, state, **STORE_SCHEDULES[schedule](t, k))
     if (t + 1) % k == 0:
       assert bitwise_equal(state.previous_step, updates)
       assert bool(jnp.isfinite(state.step_check_tolerance))
+      assert int(state.stored_at) == t
     else:
       assert bitwise_equal(state.previous_step, before)
       assert float(state.step_check_tolerance) == np.inf  # nothing to check
@@ -776,22 +789,65 @@ def test_steps_between_refreshes_store_no_step(x64, static):
       assert Status(int(state.info.status)) == Status.ACCEPTED
 
 
-def test_refresh_off_the_schedule_finds_the_step_stale(x64):
-  """A static refresh=True where refresh_every's schedule has none measures
-  no stale step: the refresh is discarded and α kept."""
-  params, loss = tanh_mlp()
-  tx = gen_optax.gen(optax.adam(1.0), refresh_every=4)
+def test_refresh_next_gives_the_scheduled_run_without_a_schedule(x64):
+  """A static loop on refresh_every=1 that says refresh_next before each
+  refresh measures what refresh_every=k measures under lax.cond."""
+  params0, loss = tanh_mlp()
+  k = 4
 
-  @functools.partial(jax.jit, static_argnames="refresh")
-  def step(p, s, refresh):
-    updates, s = tx.update(jax.grad(loss)(p), s, p, value_fn=loss, refresh=refresh)
+  def run(tx, flags):
+    step = jax.jit(
+      lambda p, s, **f: (lambda u, s: (optax.apply_updates(p, u), s))(
+        *tx.update(jax.grad(loss)(p), s, p, value_fn=loss, **f)
+      ),
+      static_argnames=("refresh", "refresh_next"),
+    )
+    params, state, infos = params0, tx.init(params0), []
+    for t in range(13):
+      params, state = step(params, state, **flags(t))
+      infos.append((state.learning_rate, state.info, state.stored_at))
+    return params, infos
+
+  told_params, told = run(
+    gen_optax.gen(optax.adam(1.0)),
+    lambda t: {"refresh": t % k == 0, "refresh_next": (t + 1) % k == 0},
+  )
+  params, scheduled = run(gen_optax.gen(optax.adam(1.0), refresh_every=k), lambda t: {})
+  # α, every refresh's measurement and the stores: bit for bit.  The params
+  # to the last bits only: the lax.cond changes how XLA fuses the update.
+  chex.assert_trees_all_equal(told, scheduled)  # NaN (no estimate yet) equals NaN
+  chex.assert_trees_all_close(told_params, params, rtol=1e-13, atol=0)
+  assert len({float(rate) for rate, _, _ in scheduled}) > 2  # α moved
+
+
+@pytest.mark.parametrize(
+  "refresh_every, skipped",
+  [(4, {"refresh": True}), (1, {"refresh": False, "refresh_next": False})],
+  ids=["off the schedule", "after refresh_next=False"],
+)
+def test_a_refresh_after_a_step_that_stored_nothing_finds_it_stale(
+  x64, refresh_every, skipped
+):
+  """A refresh whose previous step did not store itself measures no stale
+  step: the refresh is discarded and α kept."""
+  params, loss = tanh_mlp()
+  tx = gen_optax.gen(optax.adam(1.0), refresh_every=refresh_every)
+
+  @functools.partial(jax.jit, static_argnames=("refresh", "refresh_next"))
+  def step(p, s, refresh, refresh_next=None):
+    updates, s = tx.update(
+      jax.grad(loss)(p), s, p, value_fn=loss, refresh=refresh, refresh_next=refresh_next
+    )
     return optax.apply_updates(p, updates), s
 
   state = tx.init(params)
   for t in range(5):  # refreshes at 0 and 4, on the schedule
     params, state = step(params, state, refresh=t % 4 == 0)
+  if skipped["refresh"] is False:  # count 5 stores nothing, count 6 refreshes
+    params, state = step(params, state, **skipped)
+    skipped = {"refresh": True}
   alpha = float(state.learning_rate)
-  params, state = step(params, state, refresh=True)  # count 5: off the schedule
+  params, state = step(params, state, **skipped)
   assert Status(int(state.info.status)) == Status.STALE_STEP
   assert float(state.learning_rate) == alpha
   assert int(state.info.num_refreshes) == 3

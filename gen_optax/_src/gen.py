@@ -295,7 +295,8 @@ def gen(
     max_growth: :math:`r \geq 1`, the most α may grow per refresh after the
       warm-up; ``None`` leaves only ``trust_ratio`` to bound it.
     refresh_every: recompute α every this many steps (``jax.lax.cond``);
-      steps in between reuse it, do no curvature work and store no step.
+      steps in between reuse it, do no curvature work and (but for the
+      last) store no step.
     multiplier: :math:`m(t) > 0`, a number or an optax schedule of the step
       count; a number may be injected with ``optax.inject_hyperparams``.
     axis_name: under ``shard_map``/``pmap``, the mapped axis name(s) over
@@ -307,12 +308,15 @@ def gen(
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose ``update`` takes
     ``(grads, state, params, *, value_fn=None, line=None, refresh=None,
-    **extra_args)``: ``value_fn(params) -> scalar loss``, or ``line`` from
-    :func:`value_and_grad`; neither is needed with ``refresh=False``, a
-    static bool in place of ``refresh_every``'s ``lax.cond`` (two compiled
-    steps; with ``refresh_every=k``, pass ``refresh=(step % k == 0)``: a
-    refresh off that schedule is discarded, ``Status.STALE_STEP``).  Other
-    extra arguments go to ``inner``.  Its state is a :class:`GeNState`.
+    refresh_next=None, **extra_args)``: ``value_fn(params) -> scalar loss``,
+    or ``line`` from :func:`value_and_grad`; neither is needed with
+    ``refresh=False``, a static bool in place of ``refresh_every``'s
+    ``lax.cond``.  ``refresh_next``, a static bool, says whether the next
+    step refreshes: only then does this one store itself for it (a refresh
+    after a step that did not is discarded, ``Status.STALE_STEP``).  A
+    static loop passes ``refresh=(step % k == 0)`` and ``refresh_next=((step
+    + 1) % k == 0)``.  Other extra arguments go to ``inner``.  Its state is
+    a :class:`GeNState`.
 
   Raises:
     ValueError: for out-of-range or unknown settings, naming the argument.
@@ -394,6 +398,7 @@ def gen(
       previous_step=(
         optax.tree.zeros_like(params, step_dtype) if lookback else optax.EmptyState()
       ),
+      stored_at=jnp.full((), -1, jnp.int32),
       previous_rate=jnp.ones((), dtype),
       inner_state=inner_state,
       info=initial_info(dtype),
@@ -434,8 +439,7 @@ def gen(
       rate=state.previous_rate if lookback else jnp.ones((), dtype),
       lookback=lookback,
       min_r2=probes.min_r2 if gate_fit else None,
-      # The steps between scheduled refreshes store no step.
-      stale=state.count % refresh_every != 0 if stores_by_schedule else False,
+      stale=state.stored_at != state.count - 1 if lookback else False,
     )
     rule, status, weight = rule_lib.refresh(state.rule, measured, settings)
     changed = jnp.asarray(False)
@@ -456,30 +460,44 @@ def gen(
     step_size: jax.Array,
     spiked: jax.Array,
     refresh: bool | None,
-  ) -> tuple[optax.Updates, jax.Array, jax.Array]:
-    """The step the next refresh measures along, and its step check.
+    refresh_next: bool | None,
+  ) -> tuple[optax.Updates, jax.Array, jax.Array, jax.Array]:
+    """The step the next refresh measures along, its count, and its check.
 
     Put last, gen's step is the step applied; the check tells if it was.
     """
     if not lookback:
-      return state.previous_step, state.step_check, state.step_check_tolerance
+      return (
+        state.previous_step,
+        state.stored_at,
+        state.step_check,
+        state.step_check_tolerance,
+      )
 
     def store(checked: bool) -> tuple[optax.Updates, jax.Array, jax.Array]:
       return _store(params, applied, step_size, spiked, step_dtype, checked=checked)
 
-    if stores_by_schedule:
-      # Only before a scheduled refresh, whatever the flag: the steps in
-      # between write no params-sized step and pay nothing for the check.
-      # A refresh off the schedule finds the step stale (Status.STALE_STEP).
-      return jax.lax.cond(
-        (state.count + 1) % refresh_every == 0,
-        lambda: store(checked=True),
-        lambda: (state.previous_step, *_unchecked(step_size)),
-      )
-    # Under static flags the next step's flag is unknown, and a step that
-    # does not refresh makes no check (a static loop is checked where a
-    # refresh follows a refresh).
-    return store(checked=refresh is not False)
+    def keep() -> tuple[optax.Updates, jax.Array, jax.Array]:
+      return state.previous_step, *_unchecked(step_size)
+
+    # Only a step that a refresh follows needs to store itself (one
+    # params-sized write); the others pass the stored step through.  Told
+    # statically, the choice costs nothing; by the schedule it is a
+    # lax.cond, whose operand XLA materialises.
+    if refresh_next is not None:
+      stores: Any = refresh_next
+      stored = store(checked=True) if refresh_next else keep()
+    elif stores_by_schedule:
+      stores = (state.count + 1) % refresh_every == 0
+      stored = jax.lax.cond(stores, lambda: store(checked=True), keep)
+    else:
+      # The next step may refresh: every step stores itself, and a static
+      # refresh=False step makes no check (a static loop is checked where a
+      # refresh follows a refresh).
+      stores = True
+      stored = store(checked=refresh is not False)
+    step, check, tolerance = stored
+    return step, jnp.where(stores, state.count, state.stored_at), check, tolerance
 
   def update_fn(
     updates: optax.Updates,
@@ -489,6 +507,7 @@ def gen(
     value_fn: Callable[[Any], jax.Array] | None = None,
     line: LineMeasurement | None = None,
     refresh: bool | None = None,
+    refresh_next: bool | None = None,
     **extra_args: Any,
   ) -> tuple[optax.Updates, GeNState]:
     check_update_call(
@@ -498,6 +517,7 @@ def gen(
       value_fn=value_fn,
       line=line,
       refresh=refresh,
+      refresh_next=refresh_next,
       lookback=lookback,
     )
     check_extra_args(extra_args, inner_takes_extra_args)
@@ -517,13 +537,14 @@ def gen(
     new_updates = jax.tree.map(lambda u: (step_size * u).astype(u.dtype), update)
     if refresh is not False and settings.trust_ratio is not None:
       inner_state, new_updates = _take_back(spiked, state, inner_state, new_updates)
-    previous_step, check, tolerance = store_step(
-      state, params, new_updates, step_size, spiked, refresh
+    previous_step, stored_at, check, tolerance = store_step(
+      state, params, new_updates, step_size, spiked, refresh, refresh_next
     )
     new_state = GeNState(
       count=optax.safe_increment(state.count),
       rule=rule,
       previous_step=previous_step,
+      stored_at=stored_at,
       previous_rate=step_size if lookback else state.previous_rate,
       inner_state=inner_state,
       info=info,

@@ -80,7 +80,7 @@ def to_measurement(
   measured at its end, the quadratic model's slope at the start is s − |c|;
   along the current update, the start is where it was measured.  ``min_r2``:
   the gate on the probe fit (None: none); ``stale``: the stored step is not
-  the last step (a refresh off ``refresh_every``'s schedule).
+  the last step (which did not store itself).
   """
   loss, slope, curvature, fit_r2 = line
   safe_norm = jnp.where(norm > 0, norm, 1)

@@ -55,9 +55,9 @@ class Status(enum.IntEnum):
   #: the loss jumped far above its running level: α was cut by the trust
   #: ratio, and the step that led there was taken back.
   LOSS_SPIKE = 8
-  #: a refresh off ``refresh_every``'s schedule (a static ``refresh=True``):
-  #: the stored step is not the last step, which the steps in between do
-  #: not store.
+  #: the stored step is not the last step, which did not store itself: a
+  #: refresh off ``refresh_every``'s schedule (a static ``refresh=True``),
+  #: or after a step told ``refresh_next=False``.
   STALE_STEP = 9
 
   def __str__(self) -> str:

@@ -87,6 +87,9 @@ class GeNState(NamedTuple):
   count: jax.Array  # type: ignore[assignment]
   rule: rule_lib.RuleState  #: α, the running means and the warm-up phase
   previous_step: optax.Updates  #: the last update returned (like params), or empty
+  #: scalar int32, the ``count`` at which ``previous_step`` was returned
+  #: (−1: none yet); a refresh finds it stale unless it was the last step
+  stored_at: jax.Array
   #: scalar float, the rate that scaled that step: it was this times the
   #: inner update (α·m(t), and the horizon's factor; 1 before any step)
   previous_rate: jax.Array

@@ -31,7 +31,7 @@ def has_masked_nodes(tree: Any) -> bool:
   return any(map(is_masked, jax.tree.leaves(tree, is_leaf=is_masked)))
 
 
-GEN_EXTRA_ARGS = ("value_fn", "line", "refresh")
+GEN_EXTRA_ARGS = ("value_fn", "line", "refresh", "refresh_next")
 
 
 def check_extra_args(extra_args: dict[str, Any], inner_takes_them: bool) -> None:
@@ -63,15 +63,17 @@ def check_update_call(
   value_fn: Callable[[Any], jax.Array] | None,
   line: Any,
   refresh: Any,
+  refresh_next: Any,
   lookback: bool,
 ) -> None:
   """Raises ValueError/TypeError naming what is wrong with an update call."""
-  if refresh is not None and not isinstance(refresh, bool):
-    raise TypeError(
-      "refresh must be a Python bool known at trace time (mark it static in "
-      "jax.jit) or None to follow refresh_every, got "
-      f"refresh={refresh!r}."
-    )
+  for name, flag in (("refresh", refresh), ("refresh_next", refresh_next)):
+    if flag is not None and not isinstance(flag, bool):
+      raise TypeError(
+        f"{name} must be a Python bool known at trace time (mark it static in "
+        "jax.jit) or None to follow refresh_every, got "
+        f"{name}={flag!r}."
+      )
   if params is None:
     raise ValueError(
       "gen needs the current parameters: call "
