@@ -3,8 +3,9 @@
 For each model (MLP 784-512-512-10 at batch 256, a small CNN, a small
 transformer LM) it times the jitted inner step (value_and_grad + adam) and the
 GeN step of each mode refreshing every 1, 4 and 8 steps, with ``lax.cond``
-(``refresh_every``) and with the static ``refresh`` flag ('s': two compiled
-steps, no ``cond``), plus steps between refreshes.  GeN measures along the
+(``refresh_every``) and with the static flags ``refresh`` and
+``refresh_next`` ('s': a compiled step per pair of flags, no ``cond``), plus
+steps between refreshes.  GeN measures along the
 previous step on the gradient's own batch, either through ``value_fn`` (its
 own ``jax.jvp``, which XLA may or may not merge with the gradient pass) or
 fused with the gradient by ``gen_optax.value_and_grad`` ("fused" rows).
@@ -63,9 +64,12 @@ class Config(NamedTuple):
 
   method: str
   refresh_every: int | None
-  static: bool  # refresh chosen at trace time (two compilations, no lax.cond)
+  static: bool  # refresh chosen at trace time (compiled per flag, no lax.cond)
   tx: optax.GradientTransformation
   fused_mode: str | None = None  # measured with the gradient, in this mode
+  # With the static flag: also tell gen whether the next step refreshes
+  # (refresh_next), so that only the step before a refresh stores itself.
+  tells_next: bool = True
 
 
 def make_step(problem: Problem, params: Any, config: Config) -> tuple[Callable, float]:
@@ -76,8 +80,10 @@ def make_step(problem: Problem, params: Any, config: Config) -> tuple[Callable, 
   """
   gen = config.refresh_every is not None
 
-  def step(params, state, batch, refresh=None):
+  def step(params, state, batch, refresh=None, refresh_next=None):
     extra: dict[str, Any] = {} if refresh is None else {"refresh": refresh}
+    if refresh_next is not None:
+      extra["refresh_next"] = refresh_next
     if config.fused_mode is not None:
       fn = gen_optax.value_and_grad(
         problem.loss, mode=config.fused_mode, refresh=refresh is not False
@@ -98,12 +104,22 @@ def make_step(problem: Problem, params: Any, config: Config) -> tuple[Callable, 
     jitted = jit(step)
     memory = compiled_bytes(jitted, args)
     return (lambda p, s, b, i: jitted(p, s, b)), memory
-  on, off = (jit(functools.partial(step, refresh=r)) for r in (True, False))
+  # The flags of step i: a refresh every k steps (never for NEVER), and
+  # whether the next step refreshes (at CYCLE's end for NEVER: the one step
+  # of the cycle that stores itself).
   k = config.refresh_every
-  if k == NEVER:
-    return (lambda p, s, b, i: off(p, s, b)), compiled_bytes(off, args)
-  memory = max(compiled_bytes(fn, args) for fn in (on, off))
-  return (lambda p, s, b, i: (on if i % k == 0 else off)(p, s, b)), memory
+  period = CYCLE if k == NEVER else k
+
+  def flags(i: int) -> tuple[bool, bool | None]:
+    refresh = k != NEVER and i % k == 0
+    return refresh, (i + 1) % period == 0 if config.tells_next else None
+
+  steps = {
+    f: jit(functools.partial(step, refresh=f[0], refresh_next=f[1]))
+    for f in dict.fromkeys(flags(i) for i in range(CYCLE))
+  }
+  memory = max(compiled_bytes(fn, args) for fn in steps.values())
+  return (lambda p, s, b, i: steps[flags(i)](p, s, b)), memory
 
 
 def compiled_bytes(fn: Callable, args: tuple) -> float:
@@ -161,6 +177,7 @@ def time_problem(
         "method": config.method,
         "refresh_every": config.refresh_every,
         "static_refresh": config.static,
+        "tells_next": config.static and config.tells_next,
         "ms_per_step": 1e3 * float(np.median(times[c])) / CYCLE,
         "ratio": float(np.median(times[c] / times[0])),
         "memory_mb": memory / 2**20,
@@ -177,16 +194,30 @@ def time_problem(
 def configs_for(modes, periods, static_periods, fused_modes) -> list[Config]:
   configs = [
     Config("adam (inner step)", None, False, optax.adam(1e-3)),
-    # Steps that do not refresh: a static loop on refresh_every=1 (every
-    # step stores itself: the next may refresh), a loop on refresh_every=8
-    # (only the step before a refresh stores itself; the cycle holds one)
-    # and, as the floor, a GeN that stores no step (along the current update).
-    Config("gen, between refreshes", NEVER, True, gen_optax.gen(optax.adam(1.0))),
+    # Steps that do not refresh: a static loop on refresh_every=1 that does
+    # not say what follows (every step stores itself: the next may refresh),
+    # one that says refresh_next, a loop on refresh_every=8 (the lax.cond
+    # stores the step before a refresh; the cycle holds one of either) and,
+    # as the floor, a GeN that stores no step (along the current update).
+    Config(
+      "gen, between refreshes",
+      NEVER,
+      True,
+      gen_optax.gen(optax.adam(1.0)),
+      tells_next=False,
+    ),
+    Config(
+      "gen, between refreshes, told refresh_next",
+      NEVER,
+      True,
+      gen_optax.gen(optax.adam(1.0)),
+    ),
     Config(
       "gen, between scheduled refreshes",
       NEVER,
       True,
       gen_optax.gen(optax.adam(1.0), refresh_every=CYCLE),
+      tells_next=False,
     ),
     Config(
       "gen current_update, between refreshes",
