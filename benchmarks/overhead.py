@@ -72,10 +72,9 @@ class Config(NamedTuple):
   tells_next: bool = True
 
 
-def make_step(problem: Problem, params: Any, config: Config) -> tuple[Callable, float]:
-  """A step ``(params, state, batch, i) -> (params, state)``, and memory.
+def train_step(problem: Problem, config: Config) -> Callable:
+  """The training step ``(params, state, batch, refresh, refresh_next)``.
 
-  The memory is the compiled program's arguments + outputs + scratch, in bytes.
   GeN measures on the gradient's own batch (one batch per step).
   """
   gen = config.refresh_every is not None
@@ -97,7 +96,21 @@ def make_step(problem: Problem, params: Any, config: Config) -> tuple[Callable, 
     updates, state = config.tx.update(grads, state, params, **extra)
     return optax.apply_updates(params, updates), state
 
-  args = (params, config.tx.init(params), sample_batch(problem, jax.random.key(0)))
+  return step
+
+
+def step_args(problem: Problem, params: Any, config: Config) -> tuple:
+  """Example arguments ``(params, state, batch)`` of ``train_step``."""
+  return params, config.tx.init(params), sample_batch(problem, jax.random.key(0))
+
+
+def make_step(problem: Problem, params: Any, config: Config) -> tuple[Callable, float]:
+  """A step ``(params, state, batch, i) -> (params, state)``, and memory.
+
+  The memory is the compiled program's arguments + outputs + scratch, in bytes.
+  """
+  step = train_step(problem, config)
+  args = step_args(problem, params, config)
   # Params and state donated, as a training loop that cares for speed does.
   jit = functools.partial(jax.jit, donate_argnums=(0, 1))
   if not config.static:

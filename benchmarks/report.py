@@ -546,6 +546,22 @@ def gpu_lm_table(results: dict | None) -> str:
   return "\n".join(lines)
 
 
+def step_flops_table(results: dict) -> str:
+  """benchmarks/studies/step_flops.py: XLA's counts of a refreshing step."""
+  lines = [
+    f"`{results['command']}`: jax {results['jax']}, device {results['device']}.",
+    "",
+    "| model | method | GFLOP | flops × inner step | bytes accessed × inner step |",
+    "|---|---|---:|---:|---:|",
+  ]
+  for r in results["rows"]:
+    lines.append(
+      f"| {r['model']} | {r['method']} | {r['flops'] / 1e9:.3f} "
+      f"| {r['flops_ratio']:.2f} | {r['bytes_ratio']:.2f} |"
+    )
+  return "\n".join(lines)
+
+
 RENDERERS: dict[str, Callable[[Any], str]] = {
   "gpu-lm.json": gpu_lm_table,
   "seed-demo.json": seed_demo_table,
@@ -556,6 +572,7 @@ RENDERERS: dict[str, Callable[[Any], str]] = {
   "quality.json#summary": quality_summary_table,
   "study-slope-source.json": slope_source_table,
   "study-gen-sgd-diagnosis.json": gen_sgd_diagnosis_table,
+  "study-step-flops.json": step_flops_table,
   "soak.json": soak_table,
 }
 
