@@ -72,6 +72,10 @@ class Config(NamedTuple):
   tells_next: bool = True
 
 
+# The baseline of every ratio: the inner step alone (value_and_grad + Adam).
+INNER = Config("adam (inner step)", None, False, optax.adam(1e-3))
+
+
 def train_step(problem: Problem, config: Config) -> Callable:
   """The training step ``(params, state, batch, refresh, refresh_next)``.
 
@@ -160,6 +164,37 @@ def prepare(problem: Problem, params: Any, configs: list[Config]) -> list[list]:
   return prepared
 
 
+def prepare_models(
+  names: list[str], configs: list[Config], batch_size: int | None = None
+) -> list[tuple[Problem, list[list]]]:
+  """Each named timed model with its configs compiled (see :func:`prepare`)."""
+  problems = []
+  for name in names:
+    problem = TIMED_MODELS[name]()
+    if batch_size is not None:
+      problem = problem._replace(batch_size=batch_size)
+    params = problem.init(jax.random.key(0))
+    problems.append((problem, prepare(problem, params, configs)))
+  return problems
+
+
+def time_run(
+  problems: list[tuple[Problem, list[list]]],
+  configs: list[Config],
+  rounds: int,
+  label: str,
+) -> list[dict]:
+  """One run: every model's configs timed (:func:`time_problem`), printed."""
+  print(
+    f"{label}\n{'model':12s} {'method':33s} {'k':>3}"
+    f" {'ms/step':>9} {'ratio':>6} {'mem MB':>9} {'mem x':>6}"
+  )
+  rows = []
+  for problem, prepared in problems:
+    rows.extend(time_problem(problem, configs, prepared, rounds))
+  return rows
+
+
 def time_problem(
   problem: Problem, configs: list[Config], prepared: list[list], rounds: int
 ) -> list[dict]:
@@ -206,7 +241,7 @@ def time_problem(
 
 def configs_for(modes, periods, static_periods, fused_modes) -> list[Config]:
   configs = [
-    Config("adam (inner step)", None, False, optax.adam(1e-3)),
+    INNER,
     # Steps that do not refresh: a static loop on refresh_every=1 that does
     # not say what follows (every step stores itself: the next may refresh),
     # one that says refresh_next, a loop on refresh_every=8 (the lax.cond
@@ -415,24 +450,11 @@ def main() -> None:
     "ratios to the inner step; memory: arguments + outputs + scratch"
   )
   configs = configs_for(args.modes, args.periods, args.static_periods, args.fused_modes)
-  problems = []
-  for name in args.models:
-    problem = TIMED_MODELS[name]()
-    if args.quick:
-      problem = problem._replace(batch_size=8)
-    params = problem.init(jax.random.key(0))
-    problems.append((problem, prepare(problem, params, configs)))
+  problems = prepare_models(args.models, configs, 8 if args.quick else None)
   torch = torch_steps(args.seed, args.torch) if args.seed or args.torch else None
   runs, torch_runs = [], []
   for run in range(args.runs):
-    print(
-      f"run {run + 1}/{args.runs}\n{'model':12s} {'method':33s} {'k':>3}"
-      f" {'ms/step':>9} {'ratio':>6} {'mem MB':>9} {'mem x':>6}"
-    )
-    rows = []
-    for problem, prepared in problems:
-      rows.extend(time_problem(problem, configs, prepared, args.rounds))
-    runs.append(rows)
+    runs.append(time_run(problems, configs, args.rounds, f"run {run + 1}/{args.runs}"))
     if torch:
       torch_runs.append(time_torch(torch, rounds=args.rounds))
       for key, value in torch_runs[-1].items():

@@ -29,9 +29,8 @@ from benchmarks.models import TIMED_MODELS
 
 def configs() -> list[overhead.Config]:
   """The inner step, and GeN refreshing every step with and without the reaction."""
-  inner = overhead.configs_for([], [], [], [])[0]
   return [
-    inner,
+    overhead.INNER,
     overhead.Config("gen auto", 1, False, gen_optax.gen(optax.adam(1.0))),
     overhead.Config(
       "gen auto, trust_ratio=None",
@@ -52,18 +51,11 @@ def main() -> None:
   parser.add_argument("--out", type=Path, default=None)
   args = parser.parse_args()
   timed = configs()
-  problems = []
-  for name in args.models:
-    problem = TIMED_MODELS[name]()
-    params = problem.init(jax.random.key(0))
-    problems.append((problem, overhead.prepare(problem, params, timed)))
-  runs = []
-  for run in range(args.runs):
-    print(f"run {run + 1}/{args.runs}")
-    rows = []
-    for problem, prepared in problems:
-      rows.extend(overhead.time_problem(problem, timed, prepared, args.rounds))
-    runs.append(rows)
+  problems = overhead.prepare_models(args.models, timed)
+  runs = [
+    overhead.time_run(problems, timed, args.rounds, f"run {run + 1}/{args.runs}")
+    for run in range(args.runs)
+  ]
   if args.out:
     command = "python -m benchmarks.studies.spike_reaction_cost --out " + str(args.out)
     if args.models != list(TIMED_MODELS):
